@@ -1,0 +1,55 @@
+"""Health and usage routes: ``/health/live``, ``/health``, ``/api/usage`` (``/v1/usage``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+router = APIRouter()
+
+
+def _json(data: dict, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+@router.get("/health/live")
+async def live() -> Response:
+    """Liveness: the process answers. Needs no API key."""
+    return _json({"status": "ok"})
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    """Readiness: checks the store and asks every endpoint for its models now.
+
+    200 when the store answers and at least one endpoint is reachable, else 503;
+    the body gives the detail per endpoint.
+    """
+    registry = request.app.state.registry
+    store_ok, store_error = True, None
+    try:
+        await asyncio.wait_for(request.app.state.store.check(), 5)
+    except Exception as exc:
+        store_ok, store_error = False, f"{type(exc).__name__}: {exc}"
+    await registry.refresh_all()
+    endpoints = [{"url": ep.url, "kind": ep.kind, "reachable": bool(ep.reachable),
+                  "models": sorted(ep.models), "error": ep.last_error}
+                 for ep in registry.endpoints.values()]
+    ok = store_ok and any(ep["reachable"] for ep in endpoints)
+    return _json({"status": "ok" if ok else "unavailable",
+                  "store": {"ok": store_ok, "error": store_error}, "endpoints": endpoints},
+                 200 if ok else 503)
+
+
+@router.get("/api/usage")
+@router.get("/v1/usage")
+async def usage(request: Request) -> Response:
+    """Requests in flight per endpoint and model (usage slots taken now)."""
+    registry = request.app.state.registry
+    rows = [{"endpoint": endpoint, "model": model, "in_flight": count}
+            for (endpoint, model), count in sorted(registry.usage.items())]
+    return _json({"in_flight": sum(r["in_flight"] for r in rows), "usage": rows,
+                  "background_jobs": len(request.app.state.jobs.jobs)})

@@ -1,0 +1,491 @@
+"""Upstream endpoints: registry, model discovery, routing, usage slots, clients, calls.
+
+Endpoints come from the configuration: Ollama base URLs (``http://host:11434``),
+OpenAI-compatible base URLs ending in ``/v1`` (vLLM, LM Studio, OpenAI itself) and
+``llama_server_endpoints``. Routing follows NOMYO Router: among the endpoints
+serving a model, prefer one where it is loaded, then the least busy, never more
+than ``max_concurrent_connections`` requests per endpoint-model pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import openai
+import orjson
+
+from config import Settings
+from errors import APIError
+
+__all__ = [
+    "Endpoint", "Registry", "BackendUnavailable", "BackendTimeout", "BackendStreamError",
+    "init_backends", "get_registry", "choose_endpoint", "increment_usage", "decrement_usage",
+    "is_ext_openai_endpoint", "_make_openai_client", "create_chat_with_retries", "create_native_response",
+]
+
+log = logging.getLogger("nomyo_router.backends")
+
+
+class BackendUnavailable(APIError):
+    """The endpoint could not be reached before any byte was exchanged (502)."""
+
+    def __init__(self, endpoint: str, detail: str):
+        super().__init__(502, f"Backend {endpoint} is unavailable: {detail}", code="backend_unavailable")
+        self.endpoint = endpoint
+
+
+class BackendTimeout(APIError):
+    """The endpoint did not answer within ``request_timeout`` (504)."""
+
+    def __init__(self, detail: str = "the backend did not answer in time"):
+        super().__init__(504, f"Upstream timeout: {detail}", code="upstream_timeout")
+
+
+class BackendStreamError(APIError):
+    """A stream broke after it had started (mid-stream drop or an error chunk)."""
+
+    def __init__(self, detail: str):
+        super().__init__(502, f"The backend stream failed: {detail}", code="backend_stream_error")
+
+
+@dataclass
+class Endpoint:
+    """One configured upstream endpoint and what discovery knows of it."""
+
+    url: str
+    kind: str                    # "ollama" | "openai" | "llama_server"
+    base_url: str                # the OpenAI-compatible base, ending in /v1
+    native: bool                 # serves /v1/responses itself (OpenAI)
+    api_key: str | None = None
+    models: set[str] = field(default_factory=set)
+    loaded: set[str] = field(default_factory=set)
+    reachable: bool | None = None
+    last_error: str | None = None
+    refreshed_at: float = 0.0
+
+    def name_for(self, model: str) -> str | None:
+        """The name this endpoint knows ``model`` by, or None. Ollama's ``:latest`` is implied."""
+        if model in self.models:
+            return model
+        if self.kind == "ollama" and ":" not in model and f"{model}:latest" in self.models:
+            return f"{model}:latest"
+        if self.kind != "ollama" and model.endswith(":latest") and model[:-7] in self.models:
+            return model[:-7]
+        return None
+
+
+def _endpoint_from_config(url: str, kind: str, settings: Settings) -> Endpoint:
+    base = url if url.endswith("/v1") else f"{url}/v1"
+    if kind == "ollama" and url.endswith("/v1"):
+        kind = "openai"
+    host = urlsplit(url).hostname or ""
+    native = host == "api.openai.com" or url in settings.native_responses_endpoints
+    key = settings.api_keys.get(url) or settings.api_keys.get(base) or None
+    return Endpoint(url=url, kind=kind, base_url=base, native=native, api_key=key)
+
+
+class Registry:
+    """The endpoints, their discovered models, usage counters and pooled clients."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.endpoints: dict[str, Endpoint] = {}
+        for url in settings.endpoints:
+            self.endpoints[url] = _endpoint_from_config(url, "ollama", settings)
+        for url in settings.llama_server_endpoints:
+            self.endpoints[url] = _endpoint_from_config(url, "llama_server", settings)
+        self.usage: dict[tuple[str, str], int] = {}
+        self._clients: dict[str, openai.AsyncOpenAI] = {}
+        self._slot_freed = asyncio.Condition()
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(settings.connect_timeout * 2,
+                                                             connect=settings.connect_timeout))
+        self._refresher: asyncio.Task | None = None
+        self._refreshing: asyncio.Task | None = None
+
+    # discovery ---------------------------------------------------------------
+    async def _get_json(self, ep: Endpoint, url: str) -> Any:
+        headers = {"Authorization": f"Bearer {ep.api_key}"} if ep.api_key else {}
+        reply = await self._http.get(url, headers=headers)
+        reply.raise_for_status()
+        return orjson.loads(reply.content)
+
+    async def refresh_endpoint(self, ep: Endpoint) -> None:
+        """Ask ``ep`` which models it serves (Ollama ``/api/tags`` + ``/api/ps``,
+        else ``/v1/models``); record reachability. Never raises."""
+        try:
+            if ep.kind == "ollama":
+                tags, ps = await asyncio.gather(self._get_json(ep, f"{ep.url}/api/tags"),
+                                                self._get_json(ep, f"{ep.url}/api/ps"))
+                ep.models = {m.get("name") or m.get("model") for m in tags.get("models") or []}
+                ep.loaded = {m.get("name") or m.get("model") for m in ps.get("models") or []}
+            else:
+                listing = await self._get_json(ep, f"{ep.base_url}/models")
+                ep.models = {m["id"] for m in listing.get("data") or [] if "id" in m}
+                ep.loaded = set(ep.models)
+            ep.reachable, ep.last_error = True, None
+        except Exception as exc:  # any failure only marks the endpoint down
+            ep.reachable, ep.last_error = False, f"{type(exc).__name__}: {exc}"
+        ep.refreshed_at = time.monotonic()
+
+    async def refresh_all(self) -> None:
+        """Refresh every endpoint concurrently; concurrent callers share one refresh."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(
+                asyncio.gather(*(self.refresh_endpoint(ep) for ep in self.endpoints.values())))
+        await asyncio.shield(self._refreshing)
+
+    async def start(self) -> None:
+        """Run a first discovery (bounded by ``connect_timeout``) and start the refresher."""
+        try:
+            await asyncio.wait_for(self.refresh_all(), self.settings.connect_timeout)
+        except asyncio.TimeoutError:
+            log.warning("first model discovery did not finish in %ss", self.settings.connect_timeout)
+        self._refresher = asyncio.create_task(self._refresh_forever())
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.discovery_ttl)
+            await self.refresh_all()
+
+    async def close(self) -> None:
+        """Stop the refresher and close every pooled client."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+        await self._http.aclose()
+        for client in self._clients.values():
+            await client.close()
+
+    # routing -----------------------------------------------------------------
+    def candidates(self, model: str, exclude: tuple | set = ()) -> list[tuple[Endpoint, str]]:
+        """``(endpoint, name at endpoint)`` for every endpoint serving ``model``."""
+        out = []
+        for ep in self.endpoints.values():
+            if ep.url in exclude:
+                continue
+            name = ep.name_for(model)
+            if name is not None:
+                out.append((ep, name))
+        return out
+
+    def models(self) -> list[str]:
+        """Every model name served by a reachable endpoint, sorted."""
+        return sorted({m for ep in self.endpoints.values() if ep.reachable is not False for m in ep.models})
+
+    async def choose(self, model: str, exclude: tuple | set = ()) -> tuple[str, str]:
+        """Pick an endpoint for ``model`` and take one usage slot there.
+
+        Returns ``(endpoint url, model name at that endpoint)``; the caller gives
+        the slot back with :meth:`release`. Prefers reachable, then loaded, then
+        least busy endpoints; waits up to ``queue_timeout`` seconds for a slot.
+        Raises APIError 404 ``model_not_found`` or 429 ``all_endpoints_busy``.
+        """
+        cands = self.candidates(model, exclude)
+        if not cands and time.monotonic() - min(
+                (ep.refreshed_at for ep in self.endpoints.values()), default=0) > 1.0:
+            await self.refresh_all()
+            cands = self.candidates(model, exclude)
+        if not cands:
+            if exclude and self.candidates(model):
+                raise APIError(502, f"No reachable backend serves model '{model}'.",
+                               code="backend_unavailable")
+            raise APIError(404, f"The model '{model}' does not exist or is not served by any endpoint.",
+                           param="model", code="model_not_found")
+        limit = self.settings.max_concurrent_connections
+        usage = self.usage
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.queue_timeout
+        async with self._slot_freed:
+            while True:
+                best = None
+                for order, (ep, name) in enumerate(cands):
+                    used = usage.get((ep.url, name), 0)
+                    if used >= limit:
+                        continue
+                    rank = (ep.reachable is False, name not in ep.loaded, used, order)
+                    if best is None or rank < best[0]:
+                        best = (rank, ep.url, name)
+                if best is not None:
+                    key = (best[1], best[2])
+                    usage[key] = usage.get(key, 0) + 1
+                    return key
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise APIError(429, f"Every endpoint serving '{model}' is at its concurrency limit.",
+                                   code="all_endpoints_busy", type="rate_limit_error")
+                try:
+                    await asyncio.wait_for(self._slot_freed.wait(), remaining)
+                except asyncio.TimeoutError:
+                    pass
+
+    def increment(self, endpoint: str, model: str) -> None:
+        """Take a usage slot without waiting (counted even past the limit)."""
+        key = (endpoint, model)
+        self.usage[key] = self.usage.get(key, 0) + 1
+
+    async def release(self, endpoint: str, model: str) -> None:
+        """Give a usage slot back and wake one waiter. Never goes below zero."""
+        key = (endpoint, model)
+        left = self.usage.get(key, 0) - 1
+        if left > 0:
+            self.usage[key] = left
+        else:
+            self.usage.pop(key, None)
+        async with self._slot_freed:
+            self._slot_freed.notify()
+
+    def mark_unreachable(self, endpoint: str, detail: str) -> None:
+        """Record a failed connection so routing prefers other endpoints until rediscovery."""
+        ep = self.endpoints.get(endpoint)
+        if ep is not None:
+            ep.reachable, ep.last_error = False, detail
+
+    # clients -----------------------------------------------------------------
+    def client(self, endpoint: str) -> openai.AsyncOpenAI:
+        """The one pooled ``AsyncOpenAI`` client of ``endpoint`` (made on first use)."""
+        client = self._clients.get(endpoint)
+        if client is None:
+            ep = self.endpoints.get(endpoint)
+            base = ep.base_url if ep else endpoint
+            key = (ep.api_key if ep else None) or "nomyo-router"
+            client = openai.AsyncOpenAI(
+                base_url=base, api_key=key, max_retries=0,
+                timeout=openai.Timeout(self.settings.request_timeout, connect=self.settings.connect_timeout))
+            self._clients[endpoint] = client
+        return client
+
+
+# ── module-level API (the names the HTTP layer imports) ────────────────────────
+
+_registry: Registry | None = None
+
+
+def init_backends(settings: Settings) -> Registry:
+    """Create the process's registry from ``settings`` and make it current."""
+    global _registry
+    _registry = Registry(settings)
+    return _registry
+
+
+def get_registry() -> Registry:
+    """The current registry. Raises RuntimeError before :func:`init_backends`."""
+    if _registry is None:
+        raise RuntimeError("backends are not initialised")
+    return _registry
+
+
+async def choose_endpoint(model: str, exclude: tuple | set = ()) -> tuple[str, str]:
+    """``(endpoint, model name at endpoint)`` with one usage slot taken; see :meth:`Registry.choose`."""
+    return await get_registry().choose(model, exclude)
+
+
+def increment_usage(endpoint: str, model: str) -> None:
+    """Take one usage slot of ``(endpoint, model)``."""
+    get_registry().increment(endpoint, model)
+
+
+async def decrement_usage(endpoint: str, model: str) -> None:
+    """Give one usage slot of ``(endpoint, model)`` back."""
+    await get_registry().release(endpoint, model)
+
+
+def is_ext_openai_endpoint(endpoint: str) -> bool:
+    """True when ``endpoint`` is OpenAI itself (or listed in ``native_responses_endpoints``):
+    requests go to its ``/v1/responses`` natively instead of being translated."""
+    ep = get_registry().endpoints.get(endpoint)
+    return bool(ep and ep.native)
+
+
+def _make_openai_client(endpoint: str) -> openai.AsyncOpenAI:
+    """The pooled ``openai.AsyncOpenAI`` of ``endpoint``, reused for the life of the process."""
+    return get_registry().client(endpoint)
+
+
+# ── Chat Completions calls ─────────────────────────────────────────────────────
+
+_TOOLS_REJECTED = ("does not support tools", "tools are not supported", "tool use is not supported",
+                   "does not support function")
+_IMAGES_REJECTED = ("does not support image", "image input is not supported", "images are not supported",
+                    "does not support vision", "multimodal")
+
+
+def _normalize_usage(chunk: dict) -> dict:
+    usage = chunk.get("usage")
+    if usage:
+        usage.setdefault("prompt_tokens_details", None)
+        usage.setdefault("completion_tokens_details", None)
+    return chunk
+
+
+class ChatStream:
+    """An open Chat Completions stream: async-iterates chunks as plain dicts.
+
+    Raises :class:`BackendStreamError` when the stream breaks or ends without
+    ``[DONE]``. :meth:`aclose` releases the connection; call it whatever happens.
+    """
+
+    def __init__(self, stack: AsyncExitStack, lines: Any):
+        self._stack = stack
+        self._lines = lines
+        self._closed = False
+
+    def __aiter__(self) -> "ChatStream":
+        return self
+
+    async def __anext__(self) -> dict:
+        lines = self._lines
+        try:
+            while True:
+                line = await lines.__anext__()
+                if not line.startswith("data:"):
+                    if line.startswith("error:"):
+                        raise BackendStreamError(line[6:].strip())
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    await self.aclose()
+                    raise StopAsyncIteration
+                chunk = orjson.loads(data)
+                if "error" in chunk and "choices" not in chunk:
+                    err = chunk["error"]
+                    raise BackendStreamError(err.get("message", str(err)) if isinstance(err, dict) else str(err))
+                return _normalize_usage(chunk) if "usage" in chunk else chunk
+        except StopAsyncIteration:
+            if not self._closed:
+                await self.aclose()
+                raise BackendStreamError("the stream ended before it was complete") from None
+            raise
+        except (httpx.HTTPError, openai.APIError, OSError, orjson.JSONDecodeError) as exc:
+            await self.aclose()
+            raise BackendStreamError(f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith(("httpx", "httpcore")):
+                await self.aclose()
+                raise BackendStreamError(f"{type(exc).__name__}: {exc}") from exc
+            raise
+
+    async def aclose(self) -> None:
+        """Close the upstream response (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            await self._stack.aclose()
+
+
+async def _call_chat(client: openai.AsyncOpenAI, params: dict) -> dict | ChatStream:
+    if params.get("stream"):
+        stack = AsyncExitStack()
+        try:
+            response = await stack.enter_async_context(
+                client.chat.completions.with_streaming_response.create(**params))
+        except BaseException:
+            await stack.aclose()
+            raise
+        return ChatStream(stack, response.iter_lines().__aiter__())
+    raw = await client.chat.completions.with_raw_response.create(**params)
+    completion = orjson.loads(raw.http_response.content)
+    return _normalize_usage(completion) if "usage" in completion else completion
+
+
+def _strip_images(messages: list[dict]) -> list[dict]:
+    out = []
+    for msg in messages:
+        content = msg.get("content")
+        if isinstance(content, list):
+            parts = [p for p in content if p.get("type") != "image_url"]
+            content = parts[0]["text"] if len(parts) == 1 and parts[0].get("type") == "text" else parts
+            msg = {**msg, "content": content}
+        out.append(msg)
+    return out
+
+
+def _has_images(messages: list[dict]) -> bool:
+    return any(isinstance(m.get("content"), list) and any(p.get("type") == "image_url" for p in m["content"])
+               for m in messages)
+
+
+def _error_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+    return exc.message
+
+
+async def create_chat_with_retries(client: openai.AsyncOpenAI, params: dict) -> dict | ChatStream:
+    """Call Chat Completions on ``client``; retry what is safe to retry.
+
+    ``params`` is the request body (``messages``, ``model``, ``stream``...).
+    Returns the completion as a plain dict, or a :class:`ChatStream` of chunk
+    dicts when ``params["stream"]``. Retries once after a connection failure
+    before any byte (a stale keep-alive connection), and again without tools or
+    without images when the backend rejects them for this model (logged).
+    Raises :class:`BackendUnavailable` (502), :class:`BackendTimeout` (504) or
+    :class:`APIError` with the upstream's own status and message.
+    """
+    connect_retry = True
+    while True:
+        try:
+            return await _call_chat(client, params)
+        except openai.APITimeoutError as exc:
+            raise BackendTimeout(str(exc)) from exc
+        except openai.APIConnectionError as exc:
+            if connect_retry:
+                connect_retry = False
+                continue
+            raise BackendUnavailable(str(client.base_url), str(exc.__cause__ or exc)) from exc
+        except openai.APIStatusError as exc:
+            message = _error_message(exc)
+            lowered = message.lower()
+            if exc.status_code == 400 and params.get("tools") and any(s in lowered for s in _TOOLS_REJECTED):
+                log.warning("model %s rejected tools; retrying without them", params.get("model"))
+                params = {k: v for k, v in params.items()
+                          if k not in ("tools", "tool_choice", "parallel_tool_calls")}
+                continue
+            if exc.status_code in (400, 500) and _has_images(params["messages"]) and any(
+                    s in lowered for s in _IMAGES_REJECTED):
+                log.warning("model %s rejected image input; retrying without the images",
+                            params.get("model"))
+                params = {**params, "messages": _strip_images(params["messages"])}
+                continue
+            raise upstream_status_error(exc) from exc
+
+
+def _error_fields(exc: openai.APIStatusError) -> dict:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    err = body.get("error", body)
+    return err if isinstance(err, dict) else {}
+
+
+def upstream_status_error(exc: openai.APIStatusError) -> APIError:
+    """The upstream's own error, passed on with its status, message, type and code."""
+    fields = _error_fields(exc)
+    status = exc.status_code if 400 <= exc.status_code < 600 else 502
+    code = fields.get("code")
+    return APIError(status, _error_message(exc), code=None if code is None else str(code),
+                    type=fields.get("type") or None)
+
+
+async def create_native_response(client: openai.AsyncOpenAI, params: dict) -> Any:
+    """Call an upstream Responses API (``responses.create(**params)``) natively.
+
+    Returns the SDK's Response, or its event stream when ``params["stream"]``.
+    Raises :class:`BackendUnavailable`, :class:`BackendTimeout` or the upstream's
+    own error as :class:`APIError`.
+    """
+    try:
+        return await client.responses.create(**params)
+    except openai.APITimeoutError as exc:
+        raise BackendTimeout(str(exc)) from exc
+    except openai.APIConnectionError as exc:
+        raise BackendUnavailable(str(client.base_url), str(exc.__cause__ or exc)) from exc
+    except openai.APIStatusError as exc:
+        raise upstream_status_error(exc) from exc

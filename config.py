@@ -1,0 +1,123 @@
+"""Configuration: ``config.yaml`` (path from ``NOMYO_ROUTER_CONFIG_PATH``) plus environment.
+
+Keeps NOMYO Router's keys. Environment variables ``NOMYO_ROUTER_<KEY>`` override
+the file (``NOMYO_ROUTER_DB_PATH``, ``NOMYO_ROUTER_API_KEY``, ...). ``${NAME}`` in
+any string of the file is replaced by the environment variable ``NAME``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = ["Settings", "ConfigError", "load_settings"]
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot be used; the message names the key at fault."""
+
+
+class Settings(BaseSettings):
+    """Validated gateway settings. Times are seconds, sizes bytes."""
+
+    model_config = SettingsConfigDict(env_prefix="NOMYO_ROUTER_", extra="forbid",
+                                      populate_by_name=True)
+
+    endpoints: list[str] = Field(default_factory=lambda: ["http://localhost:11434"])
+    llama_server_endpoints: list[str] = Field(default_factory=list)
+    native_responses_endpoints: list[str] = Field(default_factory=list)
+    max_concurrent_connections: int = Field(1, ge=1)
+    api_keys: dict[str, str] = Field(default_factory=dict)
+    router_api_key: str | list[str] | None = Field(
+        None, validation_alias=AliasChoices("nomyo-router-api-key", "router_api_key",
+                                            "NOMYO_ROUTER_API_KEY"))
+    cache_enabled: bool = False
+    cache_backend: Literal["memory", "sqlite"] = "memory"
+    cache_ttl: float = Field(3600, gt=0)
+    cache_max_entries: int = Field(10_000, ge=1)
+    cache_db_path: str = "./cache.db"
+    db_path: str = "./nomyo-router.db"
+    request_timeout: float = Field(600, gt=0)
+    connect_timeout: float = Field(10, gt=0)
+    queue_timeout: float = Field(300, ge=0)
+    discovery_ttl: float = Field(30, gt=0)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_input_items: int = Field(4096, ge=1)
+
+    @field_validator("endpoints", "llama_server_endpoints", "native_responses_endpoints")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        out = []
+        for url in urls:
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+            out.append(url.rstrip("/"))
+        return out
+
+    @field_validator("router_api_key")
+    @classmethod
+    def _keys(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not all(isinstance(k, str) and k for k in value):
+            raise ValueError("every key must be a non-empty string")
+        return value or None
+
+    @property
+    def router_api_keys(self) -> list[str]:
+        """The router keys as a list (empty: no authentication)."""
+        if self.router_api_key is None:
+            return []
+        return [self.router_api_key] if isinstance(self.router_api_key, str) else list(self.router_api_key)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource):
+        # The environment overrides the file (which arrives as init arguments).
+        return env_settings, init_settings
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str):
+        return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), ""), value)
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    return value
+
+
+def load_settings(path: str | os.PathLike | None = None) -> Settings:
+    """Read and validate the configuration.
+
+    ``path`` defaults to ``NOMYO_ROUTER_CONFIG_PATH`` or ``./config.yaml``; a
+    missing default file means all defaults. Raises :class:`ConfigError` naming
+    the key at fault.
+    """
+    explicit = path or os.environ.get("NOMYO_ROUTER_CONFIG_PATH")
+    file = Path(explicit or "config.yaml")
+    data: Any = {}
+    if file.exists():
+        try:
+            data = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+    elif explicit:
+        raise ConfigError(f"config file {file} does not exist (NOMYO_ROUTER_CONFIG_PATH)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping of keys")
+    try:
+        return Settings(**_expand(data))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '?'}: {err['msg']}"
+                             for err in exc.errors())
+        raise ConfigError(f"{file}: invalid configuration: {problems}") from None

@@ -1,0 +1,40 @@
+"""OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}}``."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.responses import Response
+
+__all__ = ["APIError", "error_body", "error_response"]
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
+          422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+class APIError(Exception):
+    """An error answered to the client with ``status`` and OpenAI's error shape.
+
+    ``type`` defaults by status (``invalid_request_error`` for 4xx,
+    ``server_error`` for 5xx, ...).
+    """
+
+    def __init__(self, status: int, message: str, *, param: str | None = None,
+                 code: str | None = None, type: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
+    """The JSON body of an OpenAI error."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_response(exc: APIError, headers: dict | None = None) -> Response:
+    """An HTTP response carrying ``exc``."""
+    return Response(orjson.dumps(error_body(exc.message, exc.type, exc.param, exc.code)),
+                    status_code=exc.status, media_type="application/json", headers=headers)

@@ -1,0 +1,584 @@
+"""Responses API <-> Chat Completions translation (pure: dicts in, dicts out).
+
+Follows OpenAI's Responses API as the ``openai`` SDK types it
+(``openai.types.responses``) and the Open Responses schema, which requires every
+field of a Response to be present. The streaming state machine lives beside this
+module in ``requests.stream``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+import time
+from typing import Any, Iterable
+
+__all__ = [
+    "InvalidInput",
+    "new_id",
+    "normalize_input_items",
+    "responses_input_to_messages",
+    "messages_to_responses_input",
+    "chat_message_to_output_items",
+    "normalize_output_item",
+    "usage_chat_to_responses",
+    "tools_responses_to_chat",
+    "tool_choice_to_chat",
+    "text_format_to_response_format",
+    "chat_request_params",
+    "output_text_of",
+    "build_response_object",
+    "UNSUPPORTED_TOOL_TYPES",
+]
+
+#: Hosted tools that only OpenAI itself can run; a Chat Completions backend cannot.
+UNSUPPORTED_TOOL_TYPES = frozenset({
+    "web_search", "web_search_preview", "file_search", "computer_use_preview",
+    "code_interpreter", "image_generation", "mcp", "local_shell", "shell",
+    "apply_patch", "custom",
+})
+
+_TEXT_MIME_PREFIXES = ("text/",)
+_TEXT_MIME_TYPES = frozenset({
+    "application/json", "application/xml", "application/x-yaml", "application/yaml",
+    "application/javascript", "application/x-python", "application/csv",
+})
+
+
+class InvalidInput(ValueError):
+    """Input that cannot be translated; the HTTP layer answers 400.
+
+    ``param`` names the offending request field in OpenAI's dotted form
+    (``input[2].content[0]``), ``code`` is a machine-readable reason or None.
+    """
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+def new_id(prefix: str) -> str:
+    """Return ``<prefix>_<48 hex digits>``: 192 random bits, unguessable."""
+    return f"{prefix}_{secrets.token_hex(24)}"
+
+
+# ── input items ────────────────────────────────────────────────────────────────
+
+def _text_part(part_type: str, text: str) -> dict:
+    if part_type == "output_text":
+        return {"type": "output_text", "text": text, "annotations": []}
+    return {"type": part_type, "text": text}
+
+
+def _normalize_content(content: Any, role: str, param: str) -> list[dict]:
+    text_type = "output_text" if role == "assistant" else "input_text"
+    if isinstance(content, str):
+        return [_text_part(text_type, content)]
+    if not isinstance(content, list):
+        raise InvalidInput("Message content must be a string or a list of content parts.", param)
+    parts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or "type" not in part:
+            raise InvalidInput("A content part must be an object with a 'type'.", f"{param}[{j}]")
+        ptype = part["type"]
+        if ptype in ("input_text", "output_text", "text"):
+            if not isinstance(part.get("text"), str):
+                raise InvalidInput("A text part needs a string 'text'.", f"{param}[{j}].text")
+            parts.append({**part, "type": text_type} if ptype == "text" else part)
+        elif ptype in ("input_image", "input_file", "refusal", "summary_text", "reasoning_text"):
+            parts.append(part)
+        else:
+            raise InvalidInput(f"Unsupported content part type '{ptype}'.", f"{param}[{j}].type")
+    return parts
+
+
+def normalize_input_items(input: str | list | None) -> list[dict]:
+    """Turn a request's ``input`` into stored input items, each with ``id`` and ``type``.
+
+    A string becomes one user message; an EasyInputMessage (``role`` without
+    ``type``) becomes a ``message`` item with content parts. Items that carry an
+    ``id`` keep it. ``item_reference`` items are kept for the caller to resolve.
+    Raises :class:`InvalidInput` for anything the Responses API would reject.
+    """
+    if input is None:
+        return []
+    if isinstance(input, str):
+        return [{"type": "message", "id": new_id("msg"), "role": "user", "status": "completed",
+                 "content": [{"type": "input_text", "text": input}]}]
+    if not isinstance(input, list):
+        raise InvalidInput("'input' must be a string or a list of items.", "input")
+    items = []
+    for i, raw in enumerate(input):
+        param = f"input[{i}]"
+        if not isinstance(raw, dict):
+            raise InvalidInput("Each input item must be an object.", param)
+        item_type = raw.get("type") or ("message" if "role" in raw else None)
+        if item_type == "message":
+            role = raw.get("role")
+            if role not in ("user", "assistant", "system", "developer"):
+                raise InvalidInput(f"Invalid message role {role!r}.", f"{param}.role")
+            items.append({"type": "message", "id": raw.get("id") or new_id("msg"), "role": role,
+                          "status": raw.get("status") or "completed",
+                          "content": _normalize_content(raw.get("content"), role, f"{param}.content")})
+        elif item_type == "function_call":
+            for key in ("call_id", "name", "arguments"):
+                if not isinstance(raw.get(key), str):
+                    raise InvalidInput(f"function_call needs a string '{key}'.", f"{param}.{key}")
+            items.append({"type": "function_call", "id": raw.get("id") or new_id("fc"),
+                          "call_id": raw["call_id"], "name": raw["name"],
+                          "arguments": raw["arguments"], "status": raw.get("status") or "completed"})
+        elif item_type == "function_call_output":
+            if not isinstance(raw.get("call_id"), str):
+                raise InvalidInput("function_call_output needs a string 'call_id'.", f"{param}.call_id")
+            if not isinstance(raw.get("output"), (str, list)):
+                raise InvalidInput("function_call_output needs an 'output'.", f"{param}.output")
+            items.append({"type": "function_call_output", "id": raw.get("id") or new_id("fco"),
+                          "call_id": raw["call_id"], "output": raw["output"],
+                          "status": raw.get("status") or "completed"})
+        elif item_type == "reasoning":
+            items.append({"type": "reasoning", "id": raw.get("id") or new_id("rs"),
+                          "summary": raw.get("summary") or [],
+                          **{k: raw[k] for k in ("content", "encrypted_content") if raw.get(k) is not None}})
+        elif item_type == "item_reference":
+            if not isinstance(raw.get("id"), str):
+                raise InvalidInput("item_reference needs a string 'id'.", f"{param}.id")
+            items.append({"type": "item_reference", "id": raw["id"]})
+        else:
+            raise InvalidInput(f"Unsupported input item type {item_type!r}.", f"{param}.type")
+    return items
+
+
+# ── Responses input -> Chat Completions messages ───────────────────────────────
+
+def _data_url_text(file_data: str) -> str | None:
+    """Decode a ``data:<mime>;base64,...`` URL of a textual MIME type, else None."""
+    if not file_data.startswith("data:") or ";base64," not in file_data:
+        return None
+    mime, _, payload = file_data[5:].partition(";base64,")
+    if not (mime.startswith(_TEXT_MIME_PREFIXES) or mime in _TEXT_MIME_TYPES):
+        return None
+    try:
+        return base64.b64decode(payload, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def _chat_part(part: dict) -> dict | None:
+    ptype = part["type"]
+    if ptype in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
+        return {"type": "text", "text": part["text"]}
+    if ptype == "refusal":
+        return {"type": "text", "text": part.get("refusal", "")}
+    if ptype == "input_image":
+        url = part.get("image_url")
+        if not isinstance(url, str):
+            raise InvalidInput("input_image needs an 'image_url' (URL or data URL); file_id is not "
+                               "supported.", "input")
+        image = {"url": url}
+        if part.get("detail") and part["detail"] != "auto":
+            image["detail"] = part["detail"]
+        return {"type": "image_url", "image_url": image}
+    if ptype == "input_file":
+        text = _data_url_text(part["file_data"]) if isinstance(part.get("file_data"), str) else None
+        if text is None:
+            raise InvalidInput("input_file is supported only as inline text 'file_data' "
+                               "(a base64 data URL of a text type).", "input")
+        name = part.get("filename") or "file"
+        return {"type": "text", "text": f"{name}:\n{text}"}
+    raise InvalidInput(f"Unsupported content part type '{ptype}'.", "input")
+
+
+def _chat_content(content: Any, role: str) -> Any:
+    if isinstance(content, str):
+        return content
+    parts = [p for p in (_chat_part(p) for p in content) if p is not None]
+    if all(p["type"] == "text" for p in parts) and (len(parts) == 1 or role != "user"):
+        return "".join(p["text"] for p in parts) if role != "user" else parts[0]["text"]
+    return parts
+
+
+def _tool_output_text(output: Any) -> str:
+    if isinstance(output, str):
+        return output
+    return "".join(p.get("text", "") for p in output if isinstance(p, dict))
+
+
+def responses_input_to_messages(input: str | list | None, instructions: str | None = None) -> list[dict]:
+    """Translate Responses ``input`` (string or items) to Chat Completions messages.
+
+    ``instructions`` becomes a leading ``system`` message; ``developer`` messages
+    become ``system``. Consecutive ``function_call`` items form one assistant
+    message with ``tool_calls`` (joined onto a directly preceding assistant
+    message); ``function_call_output`` becomes a ``tool`` message; a ``reasoning``
+    item's text rides on the next assistant message as ``reasoning_content``.
+    A single text part collapses to a plain string.
+    Raises :class:`InvalidInput` for unsupported items or parts.
+    """
+    messages: list[dict] = []
+    if instructions:
+        messages.append({"role": "system", "content": instructions})
+    if input is None:
+        return messages
+    if isinstance(input, str):
+        messages.append({"role": "user", "content": input})
+        return messages
+    pending_reasoning: list[str] = []
+    for i, item in enumerate(input):
+        if not isinstance(item, dict):
+            raise InvalidInput("Each input item must be an object.", f"input[{i}]")
+        item_type = item.get("type") or ("message" if "role" in item else None)
+        if item_type == "message":
+            role = item.get("role")
+            role = "system" if role == "developer" else role
+            content = item.get("content")
+            if content is None:
+                raise InvalidInput("A message needs 'content'.", f"input[{i}].content")
+            msg = {"role": role, "content": _chat_content(content, role)}
+            if role == "assistant" and pending_reasoning:
+                msg["reasoning_content"] = "".join(pending_reasoning)
+                pending_reasoning = []
+            messages.append(msg)
+        elif item_type == "function_call":
+            call = {"id": item["call_id"], "type": "function",
+                    "function": {"name": item["name"], "arguments": item["arguments"]}}
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant" and i > 0 \
+                    and _is_assistant_output(input[i - 1]):
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                msg = {"role": "assistant", "content": None, "tool_calls": [call]}
+                if pending_reasoning:
+                    msg["reasoning_content"] = "".join(pending_reasoning)
+                    pending_reasoning = []
+                messages.append(msg)
+        elif item_type == "function_call_output":
+            messages.append({"role": "tool", "tool_call_id": item["call_id"],
+                             "content": _tool_output_text(item["output"])})
+        elif item_type == "reasoning":
+            pending_reasoning.extend(
+                p.get("text", "") for p in (item.get("content") or item.get("summary") or [])
+                if isinstance(p, dict))
+        elif item_type == "item_reference":
+            raise InvalidInput(f"Item reference {item.get('id')!r} was not resolved.", f"input[{i}]")
+        else:
+            raise InvalidInput(f"Unsupported input item type {item_type!r}.", f"input[{i}].type")
+    return messages
+
+
+def _is_assistant_output(item: Any) -> bool:
+    return isinstance(item, dict) and (
+        item.get("type") == "function_call"
+        or (item.get("type") in ("message", None) and item.get("role") == "assistant"))
+
+
+def messages_to_responses_input(messages: Iterable[dict]) -> tuple[str | None, list[dict]]:
+    """Translate Chat Completions messages to ``(instructions, input items)``.
+
+    ``system``/``developer`` texts join (blank line between) into instructions;
+    user and assistant messages become EasyInputMessage-style items with
+    ``input_text``/``output_text`` parts; assistant ``tool_calls`` become
+    ``function_call`` items and ``tool`` messages ``function_call_output`` items.
+    """
+    instructions: list[str] = []
+    items: list[dict] = []
+    for msg in messages:
+        role = msg.get("role")
+        content = msg.get("content")
+        if role in ("system", "developer"):
+            instructions.append(content if isinstance(content, str) else
+                                "".join(p.get("text", "") for p in content or []))
+        elif role == "tool":
+            items.append({"type": "function_call_output", "call_id": msg.get("tool_call_id"),
+                          "output": content if isinstance(content, str) else _tool_output_text(content or [])})
+        elif role in ("user", "assistant"):
+            text_type = "output_text" if role == "assistant" else "input_text"
+            parts: list[dict] = []
+            if isinstance(content, str):
+                parts.append({"type": text_type, "text": content})
+            for p in content if isinstance(content, list) else []:
+                if p.get("type") == "text":
+                    parts.append({"type": text_type, "text": p.get("text", "")})
+                elif p.get("type") == "image_url":
+                    url = p["image_url"]["url"] if isinstance(p.get("image_url"), dict) else p.get("image_url")
+                    parts.append({"type": "input_image", "image_url": url, "detail": "auto"})
+            if parts:
+                items.append({"role": role, "content": parts})
+            for call in msg.get("tool_calls") or []:
+                fn = call.get("function") or {}
+                items.append({"type": "function_call", "call_id": call.get("id"),
+                              "name": fn.get("name"), "arguments": fn.get("arguments") or ""})
+    return ("\n\n".join(instructions) if instructions else None), items
+
+
+# ── Chat Completions answer -> Responses output ────────────────────────────────
+
+def chat_message_to_output_items(message: dict) -> list[dict]:
+    """Translate one assistant Chat Completions message to Responses output items.
+
+    Order: a ``reasoning`` item (from llama.cpp/vLLM ``reasoning_content`` or
+    Ollama ``reasoning``), then the ``message`` item with one ``output_text``
+    part, then one ``function_call`` item per tool call, each with its own
+    ``call_id`` (one is made up when the backend gave none).
+    """
+    items: list[dict] = []
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        items.append({"type": "reasoning", "id": new_id("rs"), "summary": [],
+                      "content": [{"type": "reasoning_text", "text": reasoning}],
+                      "status": "completed"})
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    if content:
+        items.append({"type": "message", "id": new_id("msg"), "status": "completed",
+                      "role": "assistant",
+                      "content": [{"type": "output_text", "text": content, "annotations": []}]})
+    refusal = message.get("refusal")
+    if refusal:
+        items.append({"type": "message", "id": new_id("msg"), "status": "completed",
+                      "role": "assistant", "content": [{"type": "refusal", "refusal": refusal}]})
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        items.append({"type": "function_call", "id": new_id("fc"),
+                      "call_id": call.get("id") or new_id("call"),
+                      "name": fn.get("name") or "", "arguments": fn.get("arguments") or "",
+                      "status": "completed"})
+    return items
+
+
+def normalize_output_item(item: dict, status: str = "completed") -> dict:
+    """Return ``item`` with the fields strict clients require filled in.
+
+    Adds ``id`` and ``status`` where missing and ``annotations``/``logprobs``
+    lists to ``output_text`` parts (Open Responses ``OutputTextContent``).
+    The input dict is not modified.
+    """
+    out = dict(item)
+    kind = out.get("type")
+    if "id" not in out or out["id"] is None:
+        out["id"] = new_id({"message": "msg", "function_call": "fc", "reasoning": "rs"}.get(kind, "item"))
+    if kind in ("message", "function_call", "reasoning") and not out.get("status"):
+        out["status"] = status
+    if kind == "message":
+        out.setdefault("role", "assistant")
+        out["content"] = [
+            {**p, "annotations": p.get("annotations") or [], "logprobs": p.get("logprobs") or []}
+            if p.get("type") == "output_text" else p
+            for p in out.get("content") or []]
+    elif kind == "reasoning":
+        out.setdefault("summary", [])
+    return out
+
+
+def usage_chat_to_responses(usage: dict | None) -> dict | None:
+    """Map Chat Completions usage to Responses usage.
+
+    ``prompt_tokens`` -> ``input_tokens``, ``completion_tokens`` ->
+    ``output_tokens``, their sum -> ``total_tokens``. When the backend reports a
+    breakdown (the ``prompt_tokens_details``/``completion_tokens_details`` keys,
+    even as null) the ``input_tokens_details``/``output_tokens_details`` objects
+    are filled from it, zero where it gives no figure. None stays None.
+    """
+    if not usage:
+        return None
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    out = {"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion}
+    if "prompt_tokens_details" in usage or "completion_tokens_details" in usage:
+        pdet = usage.get("prompt_tokens_details") or {}
+        cdet = usage.get("completion_tokens_details") or {}
+        out["input_tokens_details"] = {"cached_tokens": int(pdet.get("cached_tokens") or 0),
+                                       "cache_write_tokens": 0}
+        out["output_tokens_details"] = {"reasoning_tokens": int(cdet.get("reasoning_tokens") or 0)}
+    return out
+
+
+def full_usage(usage: dict | None) -> dict | None:
+    """Return Responses ``usage`` with both detail objects present (zeros where unknown)."""
+    if usage is None or "input_tokens_details" in usage:
+        return usage
+    return {**usage, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0}}
+
+
+# ── request parameters ─────────────────────────────────────────────────────────
+
+def tools_responses_to_chat(tools: list[dict] | None) -> list[dict]:
+    """Translate Responses function tools (flat) to Chat Completions tools (nested).
+
+    ``{"type": "function", "name", "description", "parameters", "strict"}`` ->
+    ``{"type": "function", "function": {...}}``. A hosted tool type (web_search,
+    file_search, ...) raises :class:`InvalidInput`: a Chat Completions backend
+    cannot run it and dropping it silently would change the answer.
+    """
+    out = []
+    for i, tool in enumerate(tools or []):
+        ttype = tool.get("type") if isinstance(tool, dict) else None
+        if ttype != "function":
+            raise InvalidInput(f"Tool type {ttype!r} is not supported by this model's backend; "
+                               "only 'function' tools are.", f"tools[{i}].type", "unsupported_tool")
+        if not isinstance(tool.get("name"), str) or not tool["name"]:
+            raise InvalidInput("A function tool needs a 'name'.", f"tools[{i}].name")
+        fn = {"name": tool["name"]}
+        if tool.get("description") is not None:
+            fn["description"] = tool["description"]
+        fn["parameters"] = tool.get("parameters") if tool.get("parameters") is not None else \
+            {"type": "object", "properties": {}}
+        if tool.get("strict") is not None:
+            fn["strict"] = tool["strict"]
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def tool_choice_to_chat(tool_choice: Any, chat_tools: list[dict]) -> tuple[Any, list[dict]]:
+    """Translate Responses ``tool_choice`` to ``(chat tool_choice, chat tools)``.
+
+    ``"none"``/``"auto"``/``"required"`` pass as they are; ``{"type": "function",
+    "name"}`` -> ``{"type": "function", "function": {"name"}}``;
+    ``{"type": "allowed_tools", "mode", "tools"}`` narrows the tool list to those
+    named and uses ``mode``. None means unset. Raises :class:`InvalidInput`.
+    """
+    if tool_choice is None or isinstance(tool_choice, str):
+        if tool_choice not in (None, "none", "auto", "required"):
+            raise InvalidInput(f"Invalid tool_choice {tool_choice!r}.", "tool_choice")
+        return tool_choice, chat_tools
+    kind = tool_choice.get("type")
+    if kind == "function":
+        return {"type": "function", "function": {"name": tool_choice.get("name")}}, chat_tools
+    if kind == "allowed_tools":
+        names = {t.get("name") for t in tool_choice.get("tools") or [] if t.get("type") == "function"}
+        return tool_choice.get("mode", "auto"), [t for t in chat_tools if t["function"]["name"] in names]
+    raise InvalidInput(f"tool_choice type {kind!r} is not supported by this model's backend.",
+                       "tool_choice")
+
+
+def text_format_to_response_format(text: dict | None) -> dict | None:
+    """Translate Responses ``text.format`` to Chat Completions ``response_format``.
+
+    ``json_schema`` (flat: name, schema, strict, description) -> nested
+    ``{"type": "json_schema", "json_schema": {...}}``; ``json_object`` passes;
+    ``text`` or nothing -> None.
+    """
+    fmt = (text or {}).get("format")
+    if not fmt or fmt.get("type") == "text":
+        return None
+    if fmt.get("type") == "json_object":
+        return {"type": "json_object"}
+    if fmt.get("type") == "json_schema":
+        schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if fmt.get(k) is not None}
+        return {"type": "json_schema", "json_schema": schema}
+    raise InvalidInput(f"Unsupported text.format type {fmt.get('type')!r}.", "text.format.type")
+
+
+_SAMPLING_KEYS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+
+
+def chat_request_params(body: dict, messages: list[dict], model: str, *, stream: bool) -> dict:
+    """Build the Chat Completions request for a Responses create ``body``.
+
+    Maps ``max_output_tokens`` -> ``max_tokens``, sampling options, tools,
+    ``tool_choice``, ``parallel_tool_calls`` (only with tools), ``text.format``
+    -> ``response_format`` and ``reasoning.effort`` -> ``reasoning_effort``.
+    Streaming asks for a final usage chunk. Raises :class:`InvalidInput`.
+    """
+    params: dict[str, Any] = {"model": model, "messages": messages}
+    tools = tools_responses_to_chat(body.get("tools"))
+    tool_choice, tools = tool_choice_to_chat(body.get("tool_choice"), tools)
+    if tools and tool_choice != "none":
+        params["tools"] = tools
+        if tool_choice is not None:
+            params["tool_choice"] = tool_choice
+        if body.get("parallel_tool_calls") is not None:
+            params["parallel_tool_calls"] = body["parallel_tool_calls"]
+    if body.get("max_output_tokens") is not None:
+        params["max_tokens"] = body["max_output_tokens"]
+    for key in _SAMPLING_KEYS:
+        if body.get(key) is not None:
+            params[key] = body[key]
+    response_format = text_format_to_response_format(body.get("text"))
+    if response_format is not None:
+        params["response_format"] = response_format
+    effort = (body.get("reasoning") or {}).get("effort")
+    if effort:
+        params["reasoning_effort"] = effort
+    if stream:
+        params["stream"] = True
+        params["stream_options"] = {"include_usage": True}
+    return params
+
+
+# ── the Response object ────────────────────────────────────────────────────────
+
+def output_text_of(output_items: Iterable[dict]) -> str:
+    """Concatenate the ``output_text`` parts of all message items (the SDK's ``output_text``)."""
+    return "".join(part.get("text", "")
+                   for item in output_items if item.get("type") == "message"
+                   for part in item.get("content") or () if part.get("type") == "output_text")
+
+
+def build_response_object(*, response_id: str, model: str, output_items: list[dict],
+                          status: str = "completed", request: dict | None = None,
+                          created_at: int | None = None, completed_at: int | None = None,
+                          usage: dict | None = None, previous_response_id: str | None = None,
+                          error: dict | None = None, incomplete_details: dict | None = None,
+                          store: bool | None = None, background: bool | None = None) -> dict:
+    """Build a complete Response object (``object: "response"``).
+
+    Every field Open Responses' ``ResponseResource`` requires is present, with
+    the request's settings echoed from ``request`` (the create body) and the
+    API's defaults elsewhere. ``output_items`` are normalized with
+    :func:`normalize_output_item`; ``output_text`` is added as the SDK's
+    convenience. Times are Unix seconds; ``completed_at`` defaults to now for a
+    ``completed`` response.
+    """
+    req = request or {}
+    now = int(time.time())
+    created = now if created_at is None else int(created_at)
+    if completed_at is None and status == "completed":
+        completed_at = now
+    item_status = "incomplete" if status == "incomplete" else "completed"
+    output = [normalize_output_item(item, item_status) for item in output_items]
+    reasoning = req.get("reasoning") or {}
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created,
+        "status": status,
+        "completed_at": completed_at,
+        "error": error,
+        "incomplete_details": incomplete_details,
+        "instructions": req.get("instructions"),
+        "max_output_tokens": req.get("max_output_tokens"),
+        "max_tool_calls": req.get("max_tool_calls"),
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": req.get("parallel_tool_calls", True) is not False,
+        "previous_response_id": previous_response_id if previous_response_id is not None
+        else req.get("previous_response_id"),
+        "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
+        "store": req.get("store", True) is not False if store is None else store,
+        "background": bool(req.get("background")) if background is None else background,
+        "service_tier": req.get("service_tier") or "default",
+        "temperature": _number(req.get("temperature"), 1.0),
+        "top_p": _number(req.get("top_p"), 1.0),
+        "presence_penalty": _number(req.get("presence_penalty"), 0.0),
+        "frequency_penalty": _number(req.get("frequency_penalty"), 0.0),
+        "top_logprobs": int(req.get("top_logprobs") or 0),
+        "text": req.get("text") or {"format": {"type": "text"}},
+        "tool_choice": req.get("tool_choice") or "auto",
+        "tools": req.get("tools") or [],
+        "truncation": req.get("truncation") or "disabled",
+        "usage": usage,
+        "user": req.get("user"),
+        "metadata": req.get("metadata") or {},
+        "safety_identifier": req.get("safety_identifier"),
+        "prompt_cache_key": req.get("prompt_cache_key"),
+        "output_text": output_text_of(output),
+    }
+
+
+def _number(value: Any, default: float) -> float:
+    return default if value is None else value

@@ -1,0 +1,114 @@
+"""Validation of Responses create bodies (``POST /v1/responses``) with pydantic.
+
+Types follow ``openai.types.responses.ResponseCreateParams``; ranges follow
+OpenAI's documented limits (metadata: 16 keys, key <= 64 characters, value <=
+512 characters). Unknown top-level fields are kept for native pass-through.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from requests.responses import InvalidInput
+
+__all__ = ["CreateResponseBody", "validate_create_body", "METADATA_MAX_KEYS"]
+
+METADATA_MAX_KEYS = 16
+METADATA_MAX_KEY_CHARS = 64
+METADATA_MAX_VALUE_CHARS = 512
+
+
+class CreateResponseBody(BaseModel):
+    """The create body. Strict types: a string is never taken for a number or a bool."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[dict[str, Any]] | None = None
+    instructions: str | None = None
+    previous_response_id: str | None = Field(None, min_length=1, max_length=256)
+    store: bool | None = None
+    stream: bool | None = None
+    background: bool | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    max_output_tokens: int | None = Field(None, ge=1)
+    max_tool_calls: int | None = Field(None, ge=1)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    metadata: dict[str, str] | None = None
+    text: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    service_tier: str | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    include: list[str] | None = None
+    stream_options: dict[str, Any] | None = None
+    nomyo: dict[str, Any] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return value
+        if len(value) > METADATA_MAX_KEYS:
+            raise ValueError(f"metadata may have at most {METADATA_MAX_KEYS} keys")
+        for key, item in value.items():
+            if len(key) > METADATA_MAX_KEY_CHARS:
+                raise ValueError(f"metadata keys may have at most {METADATA_MAX_KEY_CHARS} characters")
+            if len(item) > METADATA_MAX_VALUE_CHARS:
+                raise ValueError(f"metadata values may have at most {METADATA_MAX_VALUE_CHARS} characters")
+        return value
+
+    @field_validator("text")
+    @classmethod
+    def _text_format(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        fmt = (value or {}).get("format")
+        if fmt is not None:
+            if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
+                raise ValueError("text.format.type must be 'text', 'json_object' or 'json_schema'")
+            if fmt["type"] == "json_schema" and (not isinstance(fmt.get("name"), str)
+                                                 or not isinstance(fmt.get("schema"), dict)):
+                raise ValueError("a json_schema format needs a string 'name' and an object 'schema'")
+        return value
+
+
+def _param(loc: tuple) -> str:
+    """The top-level field of a pydantic error location, with the list indices after it."""
+    out = str(loc[0]) if loc else ""
+    for part in loc[1:]:
+        if isinstance(part, int):
+            out += f"[{part}]"
+    return out
+
+
+def validate_create_body(data: Any, max_input_items: int | None = None) -> dict:
+    """Check a parsed create body; return it (the same dict) when valid.
+
+    Raises :class:`InvalidInput` naming the first offending field, for a body
+    that is not an object, a wrong type or range, metadata past its limits, a
+    ``background`` request without ``store``, or more than ``max_input_items``
+    input items.
+    """
+    if not isinstance(data, dict):
+        raise InvalidInput("The request body must be a JSON object.")
+    try:
+        CreateResponseBody.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        param = _param(tuple(err["loc"]))
+        raise InvalidInput(f"Invalid value for '{param}': {err['msg']}.", param) from None
+    if data.get("background") and data.get("store") is False:
+        raise InvalidInput("Background responses need 'store': true (the default).", "background")
+    items = data.get("input")
+    if max_input_items is not None and isinstance(items, list) and len(items) > max_input_items:
+        raise InvalidInput(f"'input' may have at most {max_input_items} items.", "input")
+    return data
