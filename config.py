@@ -116,7 +116,8 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: the top level must be a mapping of keys")
     try:
-        return Settings(**_expand(data))
+        # A key left empty in the file (only comments under it) means its default.
+        return Settings(**{k: v for k, v in _expand(data).items() if v is not None})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '?'}: {err['msg']}"
                              for err in exc.errors())

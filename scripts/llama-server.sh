@@ -68,9 +68,8 @@ fetch_sources() {
     log "downloading llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION} sdist"
     "$PYTHON" -m pip download --no-deps --no-binary :all: \
         "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}" -d "${work}/sdist" >&2
-    local archive
-    archive="$(find "${work}/sdist" -maxdepth 1 -name 'llama_cpp_python-*.tar.gz' | head -n 1)"
-    [[ -n "$archive" ]] || die "sdist archive not found in ${work}/sdist"
+    local archive="${work}/sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz"
+    [[ -f "$archive" ]] || die "sdist archive not found: ${archive}"
     log "unpacking $(basename "$archive")"
     tar -xzf "$archive" -C "$work"
     local src="${work}/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp"
@@ -105,7 +104,8 @@ build_server() {
         -DGGML_OPENCL=OFF \
         -DGGML_WEBGPU=OFF \
         -DGGML_BLAS=OFF \
-        -DGGML_RPC=OFF >&2
+        -DGGML_RPC=OFF \
+        -DGGML_CCACHE=OFF >&2
     log "building llama-server with -j${JOBS}"
     cmake --build "$build" --config Release --target llama-server -j "$JOBS" >&2
 }

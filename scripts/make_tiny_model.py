@@ -22,7 +22,9 @@ Modes, in order of precedence, chosen when a generation prompt is requested:
 * last message has role ``tool``             -> ``TOOL_RESULT_REPLY``
 * last user message contains ``[long]``      -> "la la la ..." forever
 * last user message contains ``[think]``     -> ``<think>THINK_REASONING</think>DEFAULT_REPLY``
-* tools are offered, last message is user    -> one Hermes ``<tool_call>`` for ``get_weather``
+* last message is user and the offered tools
+  include ``get_weather`` with a ``city``
+  property                                   -> one Hermes ``<tool_call>`` (``TOOL_CALL_TEXT``)
 * anything else                              -> ``DEFAULT_REPLY``
 
 Every reply ends with ``<|im_end|>`` (end of generation), except ``[long]``.
@@ -30,6 +32,7 @@ Every reply ends with ``<|im_end|>`` (end of generation), except ``[long]``.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -44,7 +47,7 @@ TOOL_NAME = "get_weather"
 TOOL_ARGUMENTS = {"city": "Paris"}
 TOOL_CALL_TEXT = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 
-CONTEXT_LENGTH = 4096
+CONTEXT_LENGTH = 16384
 N_HEAD = 4
 N_HEAD_KV = 1
 N_FF = 64
@@ -57,7 +60,7 @@ IM_END = "<|im_end|>"
 MODES = ("default", "think", "long", "tool", "tool_result")
 MODE_TOKENS = {mode: f"<|mode_{mode}|>" for mode in MODES}
 
-# Scripted replies as token chains (each piece is one user-defined token).
+# Scripted replies as token chains; each piece is one token of the vocabulary.
 CHAINS: dict[str, list[str]] = {
     "default": ["Hello", " from", " the", " tiny", " model.", IM_END],
     "think": ["<think>", "Let", " me", " think", " about", " it.", "</think>", "Hello"],
@@ -150,8 +153,13 @@ CHAT_TEMPLATE = r"""{#- Tiny scripted model: ChatML turns, Hermes-style tools an
                 {%- set ns.mode = 'long' %}
             {%- elif last.content is string and '[think]' in last.content %}
                 {%- set ns.mode = 'think' %}
-            {%- elif tools %}
-                {%- set ns.mode = 'tool' %}
+            {%- else %}
+                {%- for tool in tools or [] %}
+                    {%- set fn = tool.function if tool.function is defined else tool %}
+                    {%- if fn.name == 'get_weather' and fn.parameters is defined and fn.parameters.properties is defined and 'city' in fn.parameters.properties %}
+                        {%- set ns.mode = 'tool' %}
+                    {%- endif %}
+                {%- endfor %}
             {%- endif %}
         {%- endif %}
     {%- endif %}
@@ -232,6 +240,8 @@ def check_script() -> None:
         actual = scripted_text(mode)
         assert actual == text, f"mode {mode}: {actual!r} != {text!r}"
     assert scripted_text("long", 4) == "la" + LONG_UNIT * 3
+    call = json.loads(TOOL_CALL_TEXT.removeprefix("<tool_call>").removesuffix("</tool_call>"))
+    assert call == {"name": TOOL_NAME, "arguments": TOOL_ARGUMENTS}, call
 
 
 def build_tensors(n_vocab: int, successor: list[int]) -> dict[str, np.ndarray]:

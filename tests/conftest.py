@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import httpx
 import pytest
+import yaml
 
 import router
 
@@ -19,10 +22,31 @@ def config_path(tmp_path, monkeypatch):
     return path
 
 
+@asynccontextmanager
+async def running_app(headers: dict | None = None):
+    """Run the app's lifespan and yield an ``httpx.AsyncClient`` over it."""
+    async with router.app.router.lifespan_context(router.app):
+        transport = httpx.ASGITransport(app=router.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway",
+                                     headers=headers or {}, timeout=30) as http:
+            yield http
+
+
 @pytest.fixture
 async def client(config_path):
     """An ``httpx.AsyncClient`` over the app, its lifespan run, a fresh temporary store."""
-    async with router.app.router.lifespan_context(router.app):
-        transport = httpx.ASGITransport(app=router.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
-            yield http
+    async with running_app() as http:
+        yield http
+
+
+@pytest.fixture
+def gateway_factory(config_path):
+    """``async with gateway_factory(**settings) as http``: the app with these config keys
+    (merged over the temporary store's) and its client."""
+
+    def make(headers: dict | None = None, **settings):
+        data = yaml.safe_load(config_path.read_text())
+        data.update(settings)
+        config_path.write_text(yaml.safe_dump(data))
+        return running_app(headers)
+    return make

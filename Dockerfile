@@ -1,0 +1,26 @@
+# NOMYO Router as a sidecar container: docker build -t nomyo-router .
+FROM python:3.11-slim
+
+WORKDIR /app
+RUN useradd --create-home --uid 10001 nomyo
+
+# Dependencies first (the same `pip install .` as the README and CI use).
+COPY pyproject.toml ./
+RUN pip install --no-cache-dir .
+
+COPY router.py config.py errors.py backends.py db.py cache.py config.yaml ./
+COPY api ./api
+COPY requests ./requests
+
+RUN mkdir -p /app/data && chown nomyo:nomyo /app/data
+USER nomyo
+
+ENV NOMYO_ROUTER_CONFIG_PATH=/app/config.yaml \
+    NOMYO_ROUTER_DB_PATH=/app/data/nomyo-router.db
+VOLUME ["/app/data"]
+EXPOSE 12434
+
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:12434/health/live', timeout=4)"
+
+CMD ["uvicorn", "router:app", "--host", "0.0.0.0", "--port", "12434", "--no-access-log"]

@@ -1,0 +1,259 @@
+"""backends.py over real sockets: discovery, routing, usage slots, clients, calls and faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import httpx2
+import openai
+import pytest
+
+import backends
+from backends import BackendStreamError, BackendUnavailable, Endpoint, Registry, create_chat_with_retries
+from config import Settings
+from errors import APIError
+from tests.e2e.ollama_server import DEFAULT_TEXT, OllamaTestServer
+
+
+@pytest.fixture
+def ollama():
+    with OllamaTestServer(models=["tiny:latest", "other:7b"], loaded=["tiny:latest"]) as server:
+        yield server
+
+
+@pytest.fixture
+def ollama_b():
+    with OllamaTestServer(models=["tiny:latest"], loaded=["tiny:latest"]) as server:
+        yield server
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def _registry(*urls: str, **settings) -> Registry:
+    registry = Registry(Settings(endpoints=list(urls), **settings))
+    await registry.refresh_all()
+    return registry
+
+
+async def test_discovery_reads_tags_and_ps(ollama):
+    registry = await _registry(ollama.url)
+    ep = registry.endpoints[ollama.url]
+    assert ep.kind == "ollama" and ep.base_url == f"{ollama.url}/v1"
+    assert ep.models == {"tiny:latest", "other:7b"}
+    assert ep.loaded == {"tiny:latest"}
+    assert ep.reachable is True
+    assert registry.models() == ["other:7b", "tiny:latest"]
+    await registry.close()
+
+
+async def test_discovery_of_openai_compatible_endpoint(ollama):
+    registry = await _registry(f"{ollama.url}/v1")
+    ep = registry.endpoints[f"{ollama.url}/v1"]
+    assert ep.kind == "openai"
+    assert "tiny:latest" in ep.models and ep.loaded == ep.models
+    await registry.close()
+
+
+async def test_unreachable_endpoint_is_marked_down():
+    url = f"http://127.0.0.1:{_free_port()}"
+    registry = await _registry(url, connect_timeout=1)
+    assert registry.endpoints[url].reachable is False
+    assert "Connect" in registry.endpoints[url].last_error
+    await registry.close()
+
+
+def test_latest_tag_matching():
+    ollama = Endpoint(url="http://o:11434", kind="ollama", base_url="http://o:11434/v1", native=False,
+                      models={"llama3:latest", "qwen:7b"})
+    vllm = Endpoint(url="http://v/v1", kind="openai", base_url="http://v/v1", native=False, models={"llama3"})
+    assert ollama.name_for("llama3") == "llama3:latest"
+    assert ollama.name_for("qwen") is None
+    assert ollama.name_for("qwen:7b") == "qwen:7b"
+    assert vllm.name_for("llama3:latest") == "llama3"
+    assert vllm.name_for("llama3") == "llama3"
+
+
+async def test_choose_unknown_model_is_404(ollama):
+    registry = await _registry(ollama.url)
+    with pytest.raises(APIError) as info:
+        await registry.choose("missing-model")
+    assert info.value.status == 404 and info.value.code == "model_not_found" and info.value.param == "model"
+    await registry.close()
+
+
+async def test_choose_prefers_loaded_then_least_busy(ollama, ollama_b):
+    ollama.loaded = []
+    registry = await _registry(ollama.url, ollama_b.url, max_concurrent_connections=4)
+    # b has the model loaded: preferred while it has slots, even when busier
+    assert await registry.choose("tiny") == (ollama_b.url, "tiny:latest")
+    assert await registry.choose("tiny") == (ollama_b.url, "tiny:latest")
+    ollama.loaded = ["tiny:latest"]
+    await registry.refresh_all()
+    # both loaded now: the least busy wins
+    assert await registry.choose("tiny") == (ollama.url, "tiny:latest")
+    assert registry.usage == {(ollama_b.url, "tiny:latest"): 2, (ollama.url, "tiny:latest"): 1}
+    await registry.close()
+
+
+async def test_max_concurrent_connections_queues_then_times_out(ollama):
+    registry = await _registry(ollama.url, max_concurrent_connections=1, queue_timeout=5)
+    first = await registry.choose("tiny")
+    waiter = asyncio.create_task(registry.choose("tiny"))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()  # the only slot is taken
+    await registry.release(*first)
+    assert await asyncio.wait_for(waiter, 2) == first
+    assert registry.usage == {first: 1}
+    registry.settings.queue_timeout = 0.05
+    with pytest.raises(APIError) as info:
+        await registry.choose("tiny")
+    assert info.value.status == 429
+    await registry.release(*first)
+    assert registry.usage == {}
+    await registry.close()
+
+
+async def test_release_never_goes_negative(ollama):
+    registry = await _registry(ollama.url)
+    await registry.release(ollama.url, "tiny:latest")
+    assert registry.usage == {}
+    await registry.close()
+
+
+async def test_one_pooled_client_per_endpoint(ollama, ollama_b):
+    registry = backends.init_backends(Settings(endpoints=[ollama.url, ollama_b.url]))
+    client = backends._make_openai_client(ollama.url)
+    assert client is backends._make_openai_client(ollama.url)
+    assert client is not backends._make_openai_client(ollama_b.url)
+    assert str(client.base_url).rstrip("/") == f"{ollama.url}/v1"
+    await registry.close()
+
+
+def test_native_endpoints():
+    registry = backends.init_backends(Settings(endpoints=["https://api.openai.com/v1", "http://o:11434",
+                                                          "http://vllm:8000/v1"],
+                                               native_responses_endpoints=["http://vllm:8000/v1"]))
+    assert backends.is_ext_openai_endpoint("https://api.openai.com/v1")
+    assert backends.is_ext_openai_endpoint("http://vllm:8000/v1")
+    assert not backends.is_ext_openai_endpoint("http://o:11434")
+    assert not backends.is_ext_openai_endpoint("http://unknown")
+    assert registry.endpoints["http://o:11434"].kind == "ollama"
+
+
+async def test_chat_non_stream(ollama):
+    registry = await _registry(ollama.url)
+    completion = await create_chat_with_retries(
+        registry.client(ollama.url), {"model": "tiny:latest", "messages": [{"role": "user", "content": "hi"}]})
+    assert completion["choices"][0]["message"]["content"] == DEFAULT_TEXT
+    assert completion["usage"]["completion_tokens"] > 0
+    assert "prompt_tokens_details" in completion["usage"]  # shaped as the SDK types it
+    await registry.close()
+
+
+async def test_chat_stream_yields_plain_chunks(ollama):
+    registry = await _registry(ollama.url)
+    stream = await create_chat_with_retries(
+        registry.client(ollama.url), {"model": "tiny:latest", "stream": True,
+                                      "stream_options": {"include_usage": True},
+                                      "messages": [{"role": "user", "content": "hi"}]})
+    chunks = [chunk async for chunk in stream]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == DEFAULT_TEXT
+    assert chunks[-1]["usage"]["prompt_tokens"] > 0
+    await registry.close()
+
+
+async def test_upstream_status_is_passed_on(ollama):
+    ollama.fail_status = 429
+    registry = await _registry(ollama.url)
+    with pytest.raises(APIError) as info:
+        await create_chat_with_retries(registry.client(ollama.url),
+                                       {"model": "tiny:latest", "messages": [{"role": "user", "content": "x"}]})
+    assert info.value.status == 429
+    assert "scripted failure" in info.value.message
+    await registry.close()
+
+
+async def test_stream_dropped_mid_way_raises(ollama):
+    ollama.drop_after_chunks = 2
+    registry = await _registry(ollama.url)
+    stream = await create_chat_with_retries(
+        registry.client(ollama.url), {"model": "tiny:latest", "stream": True,
+                                      "messages": [{"role": "user", "content": "hi"}]})
+    received = []
+    with pytest.raises(BackendStreamError):
+        async for chunk in stream:
+            received.append(chunk)
+    assert len(received) == 2
+    await registry.close()
+
+
+async def test_connection_refused_is_backend_unavailable():
+    url = f"http://127.0.0.1:{_free_port()}"
+    registry = Registry(Settings(endpoints=[url], connect_timeout=1))
+    with pytest.raises(BackendUnavailable) as info:
+        await create_chat_with_retries(registry.client(url),
+                                       {"model": "m", "messages": [{"role": "user", "content": "x"}]})
+    assert info.value.status == 502 and info.value.code == "backend_unavailable"
+    await registry.close()
+
+
+def _mock_client(handler) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url="http://mock/v1", api_key="k", max_retries=0,
+                              http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler)))
+
+
+async def test_retry_without_tools_when_model_rejects_them():
+    seen = []
+
+    def handler(request):
+        body = json.loads(request.content)
+        seen.append(body)
+        if "tools" in body:
+            return httpx2.Response(400, json={"error": {"message": "registry.ollama.ai/library/x does not "
+                                                                   "support tools", "type": "api_error"}})
+        return httpx2.Response(200, json={"id": "c", "object": "chat.completion", "created": 0, "model": "x",
+                                          "choices": [{"index": 0, "finish_reason": "stop",
+                                                       "message": {"role": "assistant", "content": "ok"}}]})
+
+    completion = await create_chat_with_retries(_mock_client(handler), {
+        "model": "x", "messages": [{"role": "user", "content": "q"}], "tool_choice": "auto",
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]})
+    assert completion["choices"][0]["message"]["content"] == "ok"
+    assert "tools" in seen[0] and "tools" not in seen[1] and "tool_choice" not in seen[1]
+
+
+async def test_retry_without_images_when_model_rejects_them():
+    seen = []
+
+    def handler(request):
+        body = json.loads(request.content)
+        seen.append(body)
+        if isinstance(body["messages"][0]["content"], list):
+            return httpx2.Response(500, json={"error": {"message": "image input is not supported - hint: "
+                                                                   "provide the mmproj"}})
+        return httpx2.Response(200, json={"choices": [{"index": 0, "finish_reason": "stop",
+                                                       "message": {"role": "assistant", "content": "ok"}}]})
+
+    await create_chat_with_retries(_mock_client(handler), {"model": "x", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": "http://i/x.png"}}]}]})
+    assert seen[1]["messages"][0]["content"] == "what is this"
+
+
+async def test_other_upstream_4xx_is_not_retried():
+    calls = []
+
+    def handler(request):
+        calls.append(1)
+        return httpx2.Response(400, json={"error": {"message": "bad thing", "code": "bad", "type": "invalid"}})
+
+    with pytest.raises(APIError) as info:
+        await create_chat_with_retries(_mock_client(handler), {"model": "x", "messages": []})
+    assert (info.value.status, info.value.message, info.value.code) == (400, "bad thing", "bad")
+    assert len(calls) == 1
