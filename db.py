@@ -75,8 +75,19 @@ class ResponseStore:
         self.conn: aiosqlite.Connection | None = None
 
     async def open(self) -> "ResponseStore":
-        """Open (creating or migrating) the database; WAL, foreign writes serialized."""
+        """Open (creating or migrating) the database in WAL mode.
+
+        Raises RuntimeError for a store written by a newer schema (and stays closed).
+        """
         self.conn = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await self._prepare()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def _prepare(self) -> None:
         await self.conn.execute("PRAGMA journal_mode=WAL")
         await self.conn.execute("PRAGMA synchronous=NORMAL")
         await self.conn.execute("PRAGMA busy_timeout=5000")
@@ -90,7 +101,6 @@ class ResponseStore:
             await self.conn.executescript(f"BEGIN; {MIGRATIONS[step]}; "
                                           f"INSERT OR REPLACE INTO meta VALUES ('schema_version', '{step + 1}'); "
                                           "COMMIT;")
-        return self
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
