@@ -567,7 +567,7 @@ def build_response_object(*, response_id: str, model: str, output_items: list[di
         "presence_penalty": _number(req.get("presence_penalty"), 0.0),
         "frequency_penalty": _number(req.get("frequency_penalty"), 0.0),
         "top_logprobs": int(req.get("top_logprobs") or 0),
-        "text": req.get("text") or {"format": {"type": "text"}},
+        "text": {"format": {"type": "text"}, **(req.get("text") or {})},
         "tool_choice": req.get("tool_choice") or "auto",
         "tools": req.get("tools") or [],
         "truncation": req.get("truncation") or "disabled",
