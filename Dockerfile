@@ -8,7 +8,7 @@ RUN useradd --create-home --uid 10001 nomyo
 COPY pyproject.toml ./
 RUN pip install --no-cache-dir .
 
-COPY router.py config.py errors.py backends.py db.py cache.py config.yaml ./
+COPY router.py config.py errors.py metrics.py backends.py db.py cache.py config.yaml ./
 COPY api ./api
 COPY requests ./requests
 

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import logging
 import os
+import time
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs
@@ -28,6 +29,7 @@ from cache import close_llm_cache, init_llm_cache
 from config import ConfigError, load_settings
 from db import ResponseStore
 from errors import APIError, error_body, error_response
+from metrics import REQUEST_SECONDS, REQUESTS, route_family, watch_in_flight
 
 log = logging.getLogger("nomyo_router")
 
@@ -53,6 +55,7 @@ async def lifespan(app: FastAPI):
     if orphans:
         log.warning("marked %d response(s) left unfinished by a previous process as failed", orphans)
     registry = init_backends(settings)
+    watch_in_flight(lambda: dict(registry.usage))
     await registry.start()
     await init_llm_cache(settings)
     jobs = JobManager(store, responses.open_upstream)
@@ -99,6 +102,22 @@ class GatewayMiddleware:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        route = route_family(scope["path"])
+        status = 500
+
+        async def measured_send(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif not message.get("more_body"):
+                REQUESTS.labels(route, str(status)).inc()
+                REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+            await send(message)
+
+        await self._guarded(scope, receive, measured_send)
+
+    async def _guarded(self, scope: dict, receive: Any, send: Any) -> None:
         settings = scope["app"].state.settings
         owner = None
         keys = settings.router_api_keys

@@ -1,4 +1,5 @@
-"""Health and usage routes: ``/health/live``, ``/health``, ``/api/usage`` (``/v1/usage``)."""
+"""Health, usage and metrics routes: ``/health/live``, ``/health``, ``/api/usage``
+(``/v1/usage``), ``/metrics``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import asyncio
 
 import orjson
 from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
+
+from metrics import REGISTRY
 
 router = APIRouter()
 
@@ -53,3 +57,9 @@ async def usage(request: Request) -> Response:
             for (endpoint, model), count in sorted(registry.usage.items())]
     return _json({"in_flight": sum(r["in_flight"] for r in rows), "usage": rows,
                   "background_jobs": len(request.app.state.jobs.jobs)})
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    """Prometheus metrics in the text exposition format."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -24,6 +24,7 @@ from backends import (BackendUnavailable, _make_openai_client, choose_endpoint, 
 from cache import get_llm_cache
 from db import ResponseStore
 from errors import APIError
+from metrics import BACKEND_ERRORS, CACHE_LOOKUPS
 from requests.native import native_request
 from requests.responses import (InvalidInput, build_response_object, chat_request_params, new_id,
                                 normalize_input_items, normalize_output_item)
@@ -139,11 +140,14 @@ async def open_upstream(turn: Turn) -> Upstream:
             raise APIError(400, exc.message, param=exc.param, code=exc.code) from None
         except BackendUnavailable as exc:
             await decrement_usage(endpoint, model)
+            BACKEND_ERRORS.labels(endpoint, "unavailable").inc()
             _mark_unreachable(endpoint, exc.message)
             excluded.add(endpoint)
             continue
-        except BaseException:
+        except BaseException as exc:
             await decrement_usage(endpoint, model)
+            if isinstance(exc, APIError):
+                BACKEND_ERRORS.labels(endpoint, str(exc.status)).inc()
             raise
         return Upstream(endpoint=endpoint, model=model, native=native, result=result,
                         release=_release)
@@ -174,6 +178,7 @@ async def _cache_lookup(turn: Turn) -> tuple[Any, dict | None]:
     options = _cache_options(turn.body)
     args = (CACHE_ROUTE, turn.model, turn.messages)
     hit = await (cache.get_chat(*args, options) if options else cache.get_chat(*args))
+    CACHE_LOOKUPS.labels("hit" if hit else "miss").inc()
     return cache, (orjson.loads(hit) if hit else None)
 
 

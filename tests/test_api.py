@@ -314,3 +314,14 @@ async def test_body_size_limit(gateway_factory):
 async def test_unknown_route_is_openai_shaped(gw):
     reply = await gw.get("/v1/nothing")
     assert reply.status_code == 404 and reply.json()["error"]["message"]
+
+
+async def test_metrics(gw, ollama):
+    await create(gw, input="hi")
+    ollama.fail_status = 500
+    await gw.post("/v1/responses", json={"model": "tiny", "input": "x"})
+    text = (await gw.get("/metrics")).text
+    assert 'nomyo_router_requests_total{route="/v1/responses",status="200"}' in text
+    assert 'nomyo_router_requests_total{route="/v1/responses",status="500"}' in text
+    assert f'nomyo_router_backend_errors_total{{endpoint="{ollama.url}",kind="500"}}' in text
+    assert "nomyo_router_request_seconds_bucket" in text and "nomyo_router_in_flight" in text
