@@ -29,7 +29,7 @@ from requests.native import native_request
 from requests.responses import (InvalidInput, build_response_object, chat_request_params, new_id,
                                 normalize_input_items, normalize_output_item)
 from requests.stream import response_to_events, sse_frame
-from requests.validation import validate_create_body
+from requests.validation import CreateResponseBody, validate_create_body
 
 router = APIRouter()
 
@@ -206,7 +206,11 @@ def _stream_of(events: Any) -> EventStreamResponse:
     return EventStreamResponse(body())
 
 
-@router.post("/v1/responses")
+_CREATE_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": CreateResponseBody.model_json_schema()}}}}
+
+
+@router.post("/v1/responses", openapi_extra=_CREATE_BODY)
 async def create_response(request: Request) -> Response:
     """Create a model response (OpenAI ``POST /v1/responses``)."""
     body = await _parse_body(request)
