@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from api.jobs import JobManager
-from api.runs import (EventStreamResponse, Turn, Upstream, completion_to_response, foreground_stream,
+from api.runs import (EventStreamResponse, ForegroundStream, Turn, Upstream, completion_to_response,
                       native_result_to_response, save)
 from backends import (BackendUnavailable, _make_openai_client, choose_endpoint, create_chat_with_retries,
                       create_native_response, decrement_usage, get_registry, is_ext_openai_endpoint)
@@ -239,7 +239,7 @@ async def create_response(request: Request) -> Response:
     if turn.stream:
         if turn.store:
             await save(store, turn, turn.response("in_progress", completed_at=None))
-        return EventStreamResponse(foreground_stream(store, turn, upstream, _cache_writer(cache, turn)))
+        return ForegroundStream(store, turn, upstream, _cache_writer(cache, turn)).response()
     try:
         if upstream.native:
             response = native_result_to_response(turn, upstream.result)

@@ -22,7 +22,7 @@ from errors import APIError
 from requests.native import NativeStreamTranslator, native_to_response
 from requests.responses import (build_response_object, chat_message_to_output_items,
                                 responses_input_to_messages, usage_chat_to_responses)
-from requests.stream import TERMINAL_EVENTS, ChatStreamTranslator, plain, sse_frame
+from requests.stream import ChatStreamTranslator, plain, sse_frame
 
 log = logging.getLogger("nomyo_router.runs")
 
@@ -178,13 +178,14 @@ def interrupted(translator: Any) -> dict:
 
 
 class EventStreamResponse(StreamingResponse):
-    """An SSE response that always closes its event generator, so cleanup runs at once."""
+    """An SSE response that always closes its event generator and then runs
+    ``on_close`` (shielded from cancellation), even when the client left before
+    the first byte and the generator never started."""
 
-    media_type = "text/event-stream"
-
-    def __init__(self, content: AsyncIterator[bytes], **kwargs: Any):
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]] | None = None):
         super().__init__(content, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}, **kwargs)
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.on_close = on_close
 
     async def stream_response(self, send: Any) -> None:
         try:
@@ -192,30 +193,43 @@ class EventStreamResponse(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await self.body_iterator.aclose()
+                if self.on_close is not None:
+                    await self.on_close()
 
 
-async def foreground_stream(store: ResponseStore, turn: Turn, upstream: Upstream,
-                            on_final: Callable[[dict], Awaitable[None]] | None = None) -> AsyncIterator[bytes]:
-    """SSE bytes of a streamed (not background) turn.
+class ForegroundStream:
+    """A streamed (not background) turn: its SSE bytes, and the cleanup that must
+    run however the stream ends (last event, upstream failure, client gone):
+    close the upstream, give the usage slot back and, with ``store``, write the
+    final state (``cancelled`` when the client left early)."""
 
-    Whatever ends it (the last event, an upstream failure, the client leaving)
-    the upstream is closed, the usage slot given back and, with ``store``, the
-    final state written (``cancelled`` when the client left early).
-    """
-    translator = make_translator(turn, upstream.native)
-    try:
-        async for batch in event_batches(upstream, translator):
-            yield b"".join([sse_frame(e) for e in batch])
-    finally:
-        with anyio.CancelScope(shield=True):
-            await upstream.close()
-            final = interrupted(translator)
-            if turn.store:
-                await save(store, turn, final)
-            if on_final is not None and final["status"] == "completed":
-                await on_final(final)
+    def __init__(self, store: ResponseStore, turn: Turn, upstream: Upstream,
+                 on_final: Callable[[dict], Awaitable[None]] | None = None):
+        self.store, self.turn, self.upstream, self.on_final = store, turn, upstream, on_final
+        self.translator = make_translator(turn, upstream.native)
+        self._finished = False
 
+    async def body(self) -> AsyncIterator[bytes]:
+        """The SSE frames, one write per batch of events."""
+        try:
+            async for batch in event_batches(self.upstream, self.translator):
+                yield b"".join([sse_frame(e) for e in batch])
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.finish()
 
-def is_terminal(event: dict) -> bool:
-    """Whether ``event`` ends a stream."""
-    return event["type"] in TERMINAL_EVENTS
+    async def finish(self) -> None:
+        """The cleanup; runs once."""
+        if self._finished:
+            return
+        self._finished = True
+        await self.upstream.close()
+        final = interrupted(self.translator)
+        if self.turn.store:
+            await save(self.store, self.turn, final)
+        if self.on_final is not None and final["status"] == "completed":
+            await self.on_final(final)
+
+    def response(self) -> EventStreamResponse:
+        """The HTTP response streaming this turn."""
+        return EventStreamResponse(self.body(), on_close=self.finish)
