@@ -101,7 +101,8 @@ class LlamaServerProcess:
         """Start the server and wait until ``/health`` says it is ready."""
         self.proc = subprocess.Popen(
             [self.binary, "-m", self.model, "--alias", self.alias, "--jinja", "--host", "127.0.0.1",
-             "--port", str(self.port), "-c", "4096", "-np", "2", "--reasoning-format", "deepseek"],
+             "--port", str(self.port), "-c", "16384", "-np", "2", "-t", "1", "--no-webui",
+             "--reasoning-format", "deepseek"],
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
         _wait_http(f"{self.url}/health", self.proc, timeout, self.log)
         return self
