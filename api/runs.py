@@ -122,6 +122,8 @@ def completion_to_response(turn: Turn, completion: Any) -> dict:
     usage = usage_chat_to_responses(plain(completion.get("usage")))
     reason = _INCOMPLETE_REASONS.get(choice.get("finish_reason") or "")
     if reason:
+        if items:  # the item the limit cut short
+            items[-1] = {**items[-1], "status": "incomplete"}
         return turn.response("incomplete", items, usage=usage, incomplete_details={"reason": reason})
     return turn.response("completed", items, usage=usage)
 

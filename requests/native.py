@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from requests.responses import build_response_object
+from requests.responses import build_response_object, complete_usage, normalize_output_item
+from requests.stream import error_event
 
 __all__ = ["native_request", "native_input", "native_to_response", "NativeStreamTranslator"]
 
@@ -64,19 +65,25 @@ def native_to_response(upstream: dict, *, response_id: str, request: dict, creat
         response_id=response_id, model=upstream.get("model") or request.get("model", ""),
         output_items=upstream.get("output") or [], status=status, request=request,
         created_at=created_at, completed_at=upstream.get("completed_at"),
-        usage=upstream.get("usage"), previous_response_id=previous_response_id,
+        usage=complete_usage(upstream.get("usage")), previous_response_id=previous_response_id,
         error=upstream.get("error"), incomplete_details=upstream.get("incomplete_details"),
         store=store, background=background)
+
+
+_TEXT_DELTAS = {"response.output_text.delta": ("output_text", "text"),
+                "response.refusal.delta": ("refusal", "refusal"),
+                "response.reasoning_text.delta": ("reasoning_text", "text")}
 
 
 class NativeStreamTranslator:
     """Re-issue an upstream Responses event stream under the gateway's ids.
 
     Every ``response`` snapshot is rebuilt with :func:`native_to_response`;
-    ``sequence_number`` is renumbered from ``first_sequence_number``. Item
-    events pass through. ``final`` holds the terminal Response once seen. With
-    ``skip_created`` the upstream's ``response.created`` is dropped (a background
-    stream has sent its own).
+    items are normalized like the gateway's own; ``sequence_number`` is
+    renumbered from ``first_sequence_number``. ``final`` holds the terminal
+    Response once seen. With ``skip_created`` the upstream's
+    ``response.created`` is dropped (a background stream has sent its own).
+    Items still open when the stream breaks are closed by :meth:`fail`.
     """
 
     def __init__(self, *, response_id: str, request: dict, created_at: int,
@@ -88,6 +95,7 @@ class NativeStreamTranslator:
         self.items: list[dict] = []
         self.final: dict | None = None
         self._skip = ("response.created", "response.queued") if skip_created else ()
+        self._open: dict[int, dict] = {}   # output_index -> {"item", "parts": {index: part}}
 
     def _ev(self, event: dict) -> dict:
         event["sequence_number"] = self.seq
@@ -96,16 +104,69 @@ class NativeStreamTranslator:
 
     def feed(self, event: dict) -> list[dict]:
         """Translate one upstream event (a plain dict)."""
-        if event.get("type") in self._skip:
+        kind = event.get("type")
+        if kind in self._skip:
             return []
         event = dict(event)
         if isinstance(event.get("response"), dict):
             event["response"] = native_to_response(event["response"], **self._meta)
-            if event.get("type") in ("response.completed", "response.incomplete", "response.failed"):
+            if kind in ("response.completed", "response.incomplete", "response.failed"):
                 self.final = event["response"]
-        if event.get("type") == "response.output_item.done" and isinstance(event.get("item"), dict):
+        elif kind == "response.output_item.added":
+            event["item"] = normalize_output_item(event["item"], "in_progress")
+            self._open[event["output_index"]] = {"item": event["item"], "parts": {}}
+        elif kind == "response.output_item.done":
+            event["item"] = normalize_output_item(event["item"])
+            self._open.pop(event.get("output_index"), None)
             self.items.append(event["item"])
+        else:
+            self._track(kind, event)
         return [self._ev(event)]
+
+    def _track(self, kind: str, event: dict) -> None:
+        """Remember the content of open items, to close them if the stream breaks."""
+        entry = self._open.get(event.get("output_index"))
+        if entry is None:
+            return
+        if kind == "response.content_part.added":
+            entry["parts"][event.get("content_index", 0)] = dict(event["part"])
+        elif kind in _TEXT_DELTAS:
+            part_type, field = _TEXT_DELTAS[kind]
+            part = entry["parts"].setdefault(event.get("content_index", 0), {"type": part_type, field: ""})
+            part[field] = part.get(field, "") + event.get("delta", "")
+        elif kind == "response.function_call_arguments.delta":
+            item = entry["item"]
+            entry["item"] = {**item, "arguments": item.get("arguments", "") + event.get("delta", "")}
+
+    def _close_open_items(self) -> list[dict]:
+        events = []
+        for index in sorted(self._open):
+            entry = self._open[index]
+            item, item_id = entry["item"], entry["item"].get("id")
+            if item.get("type") == "function_call":
+                events.append(self._ev({"type": "response.function_call_arguments.done", "item_id": item_id,
+                                        "output_index": index, "name": item.get("name"),
+                                        "arguments": item.get("arguments", "")}))
+            parts = [entry["parts"][i] for i in sorted(entry["parts"])]
+            for ci, part in zip(sorted(entry["parts"]), parts):
+                field = "refusal" if part.get("type") == "refusal" else "text"
+                done_type = {"output_text": "response.output_text.done", "refusal": "response.refusal.done",
+                             "reasoning_text": "response.reasoning_text.done"}.get(part.get("type"))
+                if done_type:
+                    done = {"type": done_type, "item_id": item_id, "output_index": index, "content_index": ci,
+                            field: part.get(field, "")}
+                    if part.get("type") == "output_text":
+                        done["logprobs"] = []
+                    events.append(self._ev(done))
+                events.append(self._ev({"type": "response.content_part.done", "item_id": item_id,
+                                        "output_index": index, "content_index": ci, "part": part}))
+            if parts:
+                item = {**item, "content": parts}
+            item = normalize_output_item({**item, "status": "incomplete"})
+            events.append(self._ev({"type": "response.output_item.done", "output_index": index, "item": item}))
+            self.items.append(item)
+        self._open.clear()
+        return events
 
     def snapshot(self, status: str, **fields: Any) -> dict:
         """The Response object with the items finished so far."""
@@ -113,8 +174,8 @@ class NativeStreamTranslator:
         return native_to_response(upstream, **self._meta)
 
     def fail(self, message: str, code: str = "server_error") -> list[dict]:
-        """``error`` then ``response.failed`` for a stream that broke."""
-        error = {"code": code, "message": message}
-        self.final = self.snapshot("failed", error=error)
-        return [self._ev({"type": "error", "code": code, "message": message, "param": None}),
-                self._ev({"type": "response.failed", "response": self.final})]
+        """Close open items as incomplete, then ``error`` and ``response.failed``."""
+        events = self._close_open_items()
+        self.final = self.snapshot("failed", error={"code": code, "message": message})
+        return events + [self._ev(error_event(message, code)),
+                         self._ev({"type": "response.failed", "response": self.final})]

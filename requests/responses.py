@@ -23,6 +23,7 @@ __all__ = [
     "chat_message_to_output_items",
     "normalize_output_item",
     "usage_chat_to_responses",
+    "complete_usage",
     "tools_responses_to_chat",
     "tool_choice_to_chat",
     "text_format_to_response_format",
@@ -88,7 +89,9 @@ def _normalize_content(content: Any, role: str, param: str) -> list[dict]:
             if not isinstance(part.get("text"), str):
                 raise InvalidInput("A text part needs a string 'text'.", f"{param}[{j}].text")
             parts.append({**part, "type": text_type} if ptype == "text" else part)
-        elif ptype in ("input_image", "input_file", "refusal", "summary_text", "reasoning_text"):
+        elif ptype == "input_image":
+            parts.append({**part, "detail": part.get("detail") or "auto"})
+        elif ptype in ("input_file", "refusal", "summary_text", "reasoning_text"):
             parts.append(part)
         else:
             raise InvalidInput(f"Unsupported content part type '{ptype}'.", f"{param}[{j}].type")
@@ -396,12 +399,16 @@ def usage_chat_to_responses(usage: dict | None) -> dict | None:
     return out
 
 
-def full_usage(usage: dict | None) -> dict | None:
-    """Return Responses ``usage`` with both detail objects present (zeros where unknown)."""
-    if usage is None or "input_tokens_details" in usage:
-        return usage
-    return {**usage, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-            "output_tokens_details": {"reasoning_tokens": 0}}
+def complete_usage(usage: dict | None) -> dict | None:
+    """Responses ``usage`` with every detail field the SDK requires, zero where
+    missing (for upstream Responses APIs that leave some out). None stays None."""
+    if usage is None:
+        return None
+    indet = usage.get("input_tokens_details") or {}
+    outdet = usage.get("output_tokens_details") or {}
+    return {**usage,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0, **indet},
+            "output_tokens_details": {"reasoning_tokens": 0, **outdet}}
 
 
 # ── request parameters ─────────────────────────────────────────────────────────
@@ -539,6 +546,8 @@ def build_response_object(*, response_id: str, model: str, output_items: list[di
     created = now if created_at is None else int(created_at)
     if completed_at is None and status == "completed":
         completed_at = now
+    elif completed_at is not None:
+        completed_at = int(completed_at)
     item_status = "incomplete" if status == "incomplete" else "completed"
     output = [normalize_output_item(item, item_status) for item in output_items]
     reasoning = req.get("reasoning") or {}
@@ -567,9 +576,9 @@ def build_response_object(*, response_id: str, model: str, output_items: list[di
         "presence_penalty": _number(req.get("presence_penalty"), 0.0),
         "frequency_penalty": _number(req.get("frequency_penalty"), 0.0),
         "top_logprobs": int(req.get("top_logprobs") or 0),
-        "text": {"format": {"type": "text"}, **(req.get("text") or {})},
+        "text": _text_echo(req.get("text")),
         "tool_choice": req.get("tool_choice") or "auto",
-        "tools": req.get("tools") or [],
+        "tools": [_tool_echo(tool) for tool in req.get("tools") or ()],
         "truncation": req.get("truncation") or "disabled",
         "usage": usage,
         "user": req.get("user"),
@@ -582,3 +591,22 @@ def build_response_object(*, response_id: str, model: str, output_items: list[di
 
 def _number(value: Any, default: float) -> float:
     return default if value is None else value
+
+
+def _tool_echo(tool: dict) -> dict:
+    """A function tool as the Response repeats it: every FunctionTool field present
+    (``strict`` defaults to true, as in the Responses API). Other tools as given."""
+    if tool.get("type") != "function":
+        return tool
+    return {**tool, "description": tool.get("description"), "parameters": tool.get("parameters"),
+            "strict": True if tool.get("strict") is None else tool["strict"]}
+
+
+def _text_echo(text: dict | None) -> dict:
+    """The ``text`` setting as the Response repeats it: a ``format`` always present,
+    a json_schema format with every field (``strict`` defaults to false)."""
+    out = {"format": {"type": "text"}, **(text or {})}
+    fmt = out["format"]
+    if fmt.get("type") == "json_schema":
+        out["format"] = {**fmt, "description": fmt.get("description"), "strict": bool(fmt.get("strict", False))}
+    return out

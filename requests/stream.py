@@ -13,10 +13,11 @@ import time
 from typing import Any, Iterator
 
 import orjson
+from pydantic import BaseModel
 
 from requests.responses import new_id, output_text_of, usage_chat_to_responses
 
-__all__ = ["ChatStreamTranslator", "response_to_events", "sse_frame", "plain", "TERMINAL_EVENTS"]
+__all__ = ["ChatStreamTranslator", "response_to_events", "sse_frame", "plain", "error_event", "TERMINAL_EVENTS"]
 
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _PRIMITIVES = (str, int, float, bool, type(None))
@@ -26,13 +27,16 @@ def plain(obj: Any) -> Any:
     """Return ``obj`` as plain dicts and lists.
 
     Dicts are returned as they are (assumed plain already); pydantic models
-    (the ``openai`` SDK's objects) via ``model_dump()``; other objects via their
-    attributes, recursively.
+    (the ``openai`` SDK's objects) as the JSON data they were made from (fields
+    never set are left out, not null); other objects with a ``model_dump`` via
+    it; other objects via their attributes, recursively.
     """
     if isinstance(obj, dict) or isinstance(obj, _PRIMITIVES):
         return obj
     if isinstance(obj, (list, tuple)):
         return [plain(x) for x in obj]
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json", exclude_unset=True)
     dump = getattr(obj, "model_dump", None)
     if dump is not None:
         return dump()
@@ -46,18 +50,37 @@ def sse_frame(event: dict) -> bytes:
     return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
-def _message_item(item_id: str, status: str, text: str | None) -> dict:
-    content = [] if text is None else [_text_part(text)]
-    return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content}
-
-
 def _text_part(text: str) -> dict:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def _reasoning_item(item_id: str, status: str, text: str | None) -> dict:
-    content = [] if text is None else [{"type": "reasoning_text", "text": text}]
-    return {"id": item_id, "type": "reasoning", "status": status, "summary": [], "content": content}
+class _TextKind:
+    """How one kind of streamed text (answer, refusal, reasoning) is itemized and evented."""
+
+    def __init__(self, item_type: str, prefix: str, event: str, field: str, part):
+        self.item_type, self.prefix, self.event, self.field, self.part = item_type, prefix, event, field, part
+
+    def item(self, item_id: str, status: str, text: str | None) -> dict:
+        content = [] if text is None else [self.part(text)]
+        if self.item_type == "message":
+            return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content}
+        return {"id": item_id, "type": "reasoning", "status": status, "summary": [], "content": content}
+
+
+_KINDS = {
+    "message": _TextKind("message", "msg", "response.output_text", "text", _text_part),
+    "refusal": _TextKind("message", "msg", "response.refusal", "refusal",
+                         lambda text: {"type": "refusal", "refusal": text}),
+    "reasoning": _TextKind("reasoning", "rs", "response.reasoning_text", "text",
+                           lambda text: {"type": "reasoning_text", "text": text}),
+}
+
+
+def error_event(message: str, code: str = "server_error") -> dict:
+    """An ``error`` stream event: flat fields as the ``openai`` SDK types it, and the
+    nested ``error`` payload the Open Responses schema requires."""
+    return {"type": "error", "code": code, "message": message, "param": None,
+            "error": {"type": "server_error", "code": code, "message": message, "param": None}}
 
 
 class ChatStreamTranslator:
@@ -114,6 +137,9 @@ class ChatStreamTranslator:
             content = delta.get("content")
             if content:
                 self._add_text("message", content, events)
+            refusal = delta.get("refusal")
+            if refusal:
+                self._add_text("refusal", refusal, events)
             for call in delta.get("tool_calls") or ():
                 self._add_tool_call(call, events)
             if choice.get("finish_reason"):
@@ -125,24 +151,22 @@ class ChatStreamTranslator:
             self._close(events, "completed")
             self._open_text_item(kind, events)
         self._chunks.append(text)
-        events.append(self._ev({
-            "type": "response.output_text.delta" if kind == "message" else "response.reasoning_text.delta",
-            "item_id": self._item_id, "output_index": len(self.items), "content_index": 0,
-            "delta": text, **({"logprobs": []} if kind == "message" else {})}))
+        event = {"type": _KINDS[kind].event + ".delta", "item_id": self._item_id, "output_index": len(self.items),
+                 "content_index": 0, "delta": text}
+        if kind == "message":
+            event["logprobs"] = []
+        events.append(self._ev(event))
 
     def _open_text_item(self, kind: str, events: list) -> None:
+        spec = _KINDS[kind]
         self._kind = kind
         self._chunks = []
+        self._item_id = new_id(spec.prefix)
         index = len(self.items)
-        if kind == "message":
-            self._item_id = new_id("msg")
-            item, part = _message_item(self._item_id, "in_progress", None), _text_part("")
-        else:
-            self._item_id = new_id("rs")
-            item, part = _reasoning_item(self._item_id, "in_progress", None), {"type": "reasoning_text", "text": ""}
-        events.append(self._ev({"type": "response.output_item.added", "output_index": index, "item": item}))
+        events.append(self._ev({"type": "response.output_item.added", "output_index": index,
+                                "item": spec.item(self._item_id, "in_progress", None)}))
         events.append(self._ev({"type": "response.content_part.added", "item_id": self._item_id,
-                                "output_index": index, "content_index": 0, "part": part}))
+                                "output_index": index, "content_index": 0, "part": spec.part("")}))
 
     def _add_tool_call(self, call: dict, events: list) -> None:
         fn = call.get("function") or {}
@@ -186,14 +210,13 @@ class ChatStreamTranslator:
             events.append(self._ev({"type": "response.function_call_arguments.done", "item_id": item_id,
                                     "output_index": index, "name": item["name"], "arguments": text}))
         else:
+            spec = _KINDS[kind]
+            part, item = spec.part(text), spec.item(item_id, status, text)
+            done = {"type": spec.event + ".done", "item_id": item_id, "output_index": index, "content_index": 0,
+                    spec.field: text}
             if kind == "message":
-                part, item = _text_part(text), _message_item(item_id, status, text)
-                done = {"type": "response.output_text.done", "logprobs": []}
-            else:
-                part, item = {"type": "reasoning_text", "text": text}, _reasoning_item(item_id, status, text)
-                done = {"type": "response.reasoning_text.done"}
-            events.append(self._ev({**done, "item_id": item_id, "output_index": index,
-                                    "content_index": 0, "text": text}))
+                done["logprobs"] = []
+            events.append(self._ev(done))
             events.append(self._ev({"type": "response.content_part.done", "item_id": item_id,
                                     "output_index": index, "content_index": 0, "part": part}))
         events.append(self._ev({"type": "response.output_item.done", "output_index": index, "item": item}))
@@ -210,10 +233,8 @@ class ChatStreamTranslator:
             text = "".join(self._chunks)
             if self._kind == "function_call":
                 items.append({**self._call, "arguments": text, "status": "incomplete"})
-            elif self._kind == "message":
-                items.append(_message_item(self._item_id, "incomplete", text))
             else:
-                items.append(_reasoning_item(self._item_id, "incomplete", text))
+                items.append(_KINDS[self._kind].item(self._item_id, "incomplete", text))
         return {**self.response, "status": status, "output": items,
                 "usage": usage_chat_to_responses(self.usage), "output_text": output_text_of(items),
                 **fields}
@@ -237,7 +258,7 @@ class ChatStreamTranslator:
         """Close the open item as incomplete, then emit ``error`` and ``response.failed``."""
         events: list[dict] = []
         self._close(events, "incomplete")
-        events.append(self._ev({"type": "error", "code": code, "message": message, "param": None}))
+        events.append(self._ev(error_event(message, code)))
         final = self.snapshot("failed", error={"code": code, "message": message}, completed_at=None)
         self.final = final
         events.append(self._ev({"type": "response.failed", "response": final}))
@@ -316,8 +337,7 @@ def response_to_events(response: dict, *, queued: bool = False) -> Iterator[dict
     else:
         error = response.get("error")
         if error:
-            yield ev({"type": "error", "code": error.get("code"), "message": error.get("message", ""),
-                      "param": None})
+            yield ev(error_event(error.get("message", ""), error.get("code") or "server_error"))
         yield ev({"type": "response.failed", "response": response})
 
 

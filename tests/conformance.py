@@ -14,8 +14,11 @@ Two authorities are checked, in this order:
 :func:`check_stream` checks the event lifecycle (order, sequence numbers,
 indexes, item ids, full texts, terminal output) on top of the per-event checks.
 
-The fakes at the end stand in for the backend helpers that ``api.responses``
-looks up per request (``choose_endpoint``, ``create_chat_with_retries``, ...).
+The fakes (:class:`Backend` and the chat/chunk builders) stand in for the
+backend helpers that ``api.responses`` looks up per request
+(``choose_endpoint``, ``create_chat_with_retries``, ...); the request helpers
+(:func:`create`, :func:`retrieve`, :func:`input_items`) check what they get
+back; :func:`sdk_client_for` points the ``openai`` SDK at the app in process.
 """
 
 from __future__ import annotations
@@ -186,13 +189,13 @@ def check_event(event: dict, *, spec: bool = True) -> Any:
     Responses ``*StreamingEvent`` schema of its type (through :data:`SPEC_EVENT_ALIASES`).
     A ``response`` snapshot inside is checked with :func:`check_response`."""
     model = sdk_event(event)
+    spec_type = SPEC_EVENT_ALIASES.get(event["type"], event["type"])
+    schema = spec_event_schemas().get(spec_type) if spec else None
     if isinstance(event.get("response"), dict):
-        check_response(event["response"], spec=spec)
-    if spec:
-        spec_type = SPEC_EVENT_ALIASES.get(event["type"], event["type"])
-        schema = spec_event_schemas().get(spec_type)
-        if schema is not None:
-            assert_spec(schema, {**event, "type": spec_type})
+        # the event schemas that carry a response validate it as ResponseResource themselves
+        check_response(event["response"], spec=spec and schema is None)
+    if schema is not None:
+        assert_spec(schema, {**event, "type": spec_type})
     return model
 
 
@@ -221,7 +224,7 @@ def parse_sse(body: bytes | str) -> list[dict]:
 class _OpenItem:
     index: int
     item: dict
-    parts: list[dict] = field(default_factory=list)     # {"type", "text", "done"}
+    parts: list[dict] = field(default_factory=list)     # {"type", "text", "text_done", "done"}
     arguments: str = ""
     arguments_done: bool = False
 
@@ -253,23 +256,23 @@ def _part_text_key(part_type: str) -> str:
 
 
 def check_stream(events: list[dict], *, spec: bool = True, queued: bool = False,
-                 first_sequence_number: int = 0, opening: bool = True) -> StreamSummary:
+                 spec_exempt: tuple[str, ...] = ()) -> StreamSummary:
     """Check every event (:func:`check_event`) and the lifecycle of the whole stream.
 
     ``response.created`` (``response.queued`` when ``queued``) ``response.in_progress``,
     then per item ``output_item.added`` -> its content events -> ``output_item.done``
     with output indexes from 0 and one stable ``item_id``, then exactly one
     terminal event, last, preceded by an ``error`` event when it is
-    ``response.failed`` for an error. ``sequence_number`` counts up by one from
-    ``first_sequence_number``. Done events carry the full text; the terminal
-    ``response.output`` equals the ``output_item.done`` items. ``opening=False``
-    checks a suffix of a stream (a replay), skipping the opening events.
+    ``response.failed`` for an error. ``sequence_number`` counts up by one from 0.
+    Done events carry the full text; the terminal ``response.output`` equals the
+    ``output_item.done`` items. Events whose type is in ``spec_exempt`` are
+    checked against the SDK only.
     """
     assert events, "no events"
     for event in events:
-        check_event(event, spec=spec)
+        check_event(event, spec=spec and event["type"] not in spec_exempt)
     seqs = [e["sequence_number"] for e in events]
-    assert seqs == list(range(first_sequence_number, first_sequence_number + len(events))), seqs
+    assert seqs == list(range(len(events))), seqs
     types = [e["type"] for e in events]
 
     terminal_positions = [i for i, t in enumerate(types) if t in TERMINAL_TYPES]
@@ -280,16 +283,14 @@ def check_stream(events: list[dict], *, spec: bool = True, queued: bool = False,
         if t == "error":
             assert i == len(events) - 2 and types[-1] == "response.failed", f"misplaced error event: {types}"
 
-    body_start = 0
-    if opening:
-        expected = ["response.created"] + (["response.queued"] if queued else []) + ["response.in_progress"]
-        assert types[:len(expected)] == expected, f"opening {types[:len(expected)]} != {expected}"
-        assert events[0]["response"]["status"] == ("queued" if queued else "in_progress")
-        for e in events[:len(expected)]:
-            assert e["response"]["output"] == [], "an opening snapshot already has output"
-            assert e["response"]["completed_at"] is None
-        assert events[len(expected) - 1]["response"]["status"] == "in_progress"
-        body_start = len(expected)
+    expected = ["response.created"] + (["response.queued"] if queued else []) + ["response.in_progress"]
+    assert types[:len(expected)] == expected, f"opening {types[:len(expected)]} != {expected}"
+    assert events[0]["response"]["status"] == ("queued" if queued else "in_progress")
+    for e in events[:len(expected)]:
+        assert e["response"]["output"] == [], "an opening snapshot already has output"
+        assert e["response"]["completed_at"] is None
+    assert events[len(expected) - 1]["response"]["status"] == "in_progress"
+    body_start = len(expected)
     ids = {e["response"]["id"] for e in events if e["type"] in LIFECYCLE_TYPES}
     assert len(ids) == 1, f"the response id changed within the stream: {ids}"
     for e in events[body_start:-1]:
@@ -298,18 +299,16 @@ def check_stream(events: list[dict], *, spec: bool = True, queued: bool = False,
     done_items: list[dict] = []
     texts: dict[int, str] = {}
     open_item: _OpenItem | None = None
-    next_index = 0 if opening else None
+    next_index = 0
     for e in events[body_start:-1]:
         t = e["type"]
         if t == "error":
             continue
         if t == "response.output_item.added":
             assert open_item is None, f"item {e['output_index']} added while {open_item.index} is open"
-            if next_index is None:
-                next_index = e["output_index"]
             assert e["output_index"] == next_index, f"output_index {e['output_index']} != {next_index}"
             item = e["item"]
-            assert item["status"] == "in_progress", item
+            assert item.get("status") == "in_progress", f"added item not in_progress: {item}"
             assert isinstance(item.get("id"), str) and item["id"]
             if item["type"] in ("message", "reasoning"):
                 assert item.get("content") in ([], None), f"added item already has content: {item}"
@@ -371,7 +370,7 @@ def check_stream(events: list[dict], *, spec: bool = True, queued: bool = False,
         elif t == "response.output_item.done":
             item = e["item"]
             assert item["id"] == open_item.item["id"] and item["type"] == kind, "the item changed identity"
-            assert item["status"] in ("completed", "incomplete"), item
+            assert item.get("status") in ("completed", "incomplete"), f"done item without a final status: {item}"
             if kind in ("message", "reasoning"):
                 assert all(p["done"] for p in open_item.parts), "output_item.done with a part still open"
                 content = item.get("content") or []
@@ -392,13 +391,13 @@ def check_stream(events: list[dict], *, spec: bool = True, queued: bool = False,
             raise AssertionError(f"unexpected event {t} inside an item")
     assert open_item is None, f"the stream ended with item {open_item.index} open"
 
-    status = {"response.completed": "completed", "response.incomplete": "incomplete",
-              "response.failed": "failed"}[terminal["type"]]
+    # response.failed is also the one terminal event that can carry a cancelled response
+    allowed = {"response.completed": ("completed",), "response.incomplete": ("incomplete",),
+               "response.failed": ("failed", "cancelled")}[terminal["type"]]
     final = terminal["response"]
-    if terminal["type"] != "response.failed" or final["status"] == "failed":
-        assert final["status"] == status, f"{terminal['type']} carries status {final['status']!r}"
-    if opening:
-        assert final["output"] == done_items, "the terminal output differs from the streamed items"
+    status = final["status"]
+    assert status in allowed, f"{terminal['type']} carries status {status!r}"
+    assert final["output"] == done_items, "the terminal output differs from the streamed items"
     if status == "completed":
         assert isinstance(final["completed_at"], int)
         assert final["error"] is None and final["incomplete_details"] is None
@@ -494,10 +493,12 @@ class Backend:
     instance as the list's last element is raised after the chunks before it).
     ``native=True``: an OpenAI endpoint; ``openai.responses.create`` returns
     ``results`` in turn, each a Response object or a list of stream events.
+    ``cache`` is what ``get_llm_cache()`` returns (None: caching off).
     """
 
-    def __init__(self, *results: Any, native: bool = False, model: str = "backend-model"):
+    def __init__(self, *results: Any, native: bool = False, model: str = "backend-model", cache: Any = None):
         self.native = native
+        self.cache = cache
         self.results = list(results)
         self.model = model
         self.chat = AsyncMock(side_effect=self._next_result)
@@ -526,7 +527,7 @@ class Backend:
                 ("decrement_usage", self.decrement),
                 ("is_ext_openai_endpoint", MagicMock(return_value=self.native)),
                 ("_make_openai_client", MagicMock(return_value=self.openai)),
-                ("get_llm_cache", MagicMock(return_value=None)),
+                ("get_llm_cache", MagicMock(return_value=self.cache)),
                 ("create_chat_with_retries", self.chat)):
             self._stack.enter_context(patch.object(api_responses, name, value))
         return self
@@ -549,10 +550,14 @@ class Backend:
 # ── requests to the gateway ────────────────────────────────────────────────────
 
 async def create(client: Any, body: dict, status: int = 200) -> dict:
-    """``POST /v1/responses`` (not streamed); asserts the status; returns the JSON body."""
+    """``POST /v1/responses`` (not streamed); asserts the status; returns the JSON
+    body, checked with :func:`check_response` when it is a Response."""
     r = await client.post("/v1/responses", json=body)
     assert r.status_code == status, (r.status_code, r.text[:2000])
-    return r.json()
+    data = r.json()
+    if r.status_code == 200:
+        check_response(data)
+    return data
 
 
 async def create_stream(client: Any, body: dict) -> list[dict]:
@@ -564,10 +569,27 @@ async def create_stream(client: Any, body: dict) -> list[dict]:
 
 
 async def retrieve(client: Any, response_id: str) -> dict:
-    """``GET /v1/responses/{id}``; asserts 200."""
+    """``GET /v1/responses/{id}``; asserts 200; the Response checked with :func:`check_response`."""
     r = await client.get(f"/v1/responses/{response_id}")
     assert r.status_code == 200, (r.status_code, r.text[:2000])
-    return r.json()
+    data = r.json()
+    check_response(data)
+    return data
+
+
+async def input_items(client: Any, response_id: str, **params: Any) -> list[dict]:
+    """``GET /v1/responses/{id}/input_items`` (``params`` as query); checks the list
+    shape and every item as the SDK's ``ResponseItem``; returns the items."""
+    r = await client.get(f"/v1/responses/{response_id}/input_items", params=params)
+    assert r.status_code == 200, (r.status_code, r.text[:2000])
+    page = r.json()
+    assert page["object"] == "list" and isinstance(page["has_more"], bool)
+    data = page["data"]
+    assert page["first_id"] == (data[0]["id"] if data else None)
+    assert page["last_id"] == (data[-1]["id"] if data else None)
+    for item in data:
+        sdk_item(item)
+    return data
 
 
 def assert_openai_error(r: Any, status: int) -> dict:
@@ -576,3 +598,27 @@ def assert_openai_error(r: Any, status: int) -> dict:
     error = r.json()["error"]
     assert set(error) >= {"message", "type", "param", "code"} and error["message"], error
     return error
+
+
+# ── the openai SDK as the client ───────────────────────────────────────────────
+
+def sdk_client_for(app: Any) -> Any:
+    """An ``openai.AsyncOpenAI`` whose requests go to ``app`` in process."""
+    import httpx
+    import openai
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
+    return openai.AsyncOpenAI(base_url="http://gateway/v1", api_key="test-key", http_client=http, max_retries=0)
+
+
+def _strip_parsed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_parsed(v) for k, v in value.items() if k not in ("parsed", "parsed_arguments")}
+    if isinstance(value, list):
+        return [_strip_parsed(v) for v in value]
+    return value
+
+
+def sdk_final_as_dict(final: Any) -> dict:
+    """The SDK stream helper's final (parsed) response as the wire dict it was built
+    from: the helper's ``parsed``/``parsed_arguments`` additions removed."""
+    return _strip_parsed(final.to_dict())
