@@ -220,9 +220,13 @@ class Registry:
                     raise APIError(429, f"Every endpoint serving '{model}' is at its concurrency limit.",
                                    code="all_endpoints_busy", type="rate_limit_error")
                 try:
-                    await asyncio.wait_for(self._slot_freed.wait(), remaining)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(remaining):
+                        await self._slot_freed.wait()
+                except TimeoutError:
                     pass
+                except asyncio.CancelledError:
+                    self._slot_freed.notify()  # pass a wake-up this waiter may have taken on
+                    raise
 
     def increment(self, endpoint: str, model: str) -> None:
         """Take a usage slot without waiting (counted even past the limit)."""

@@ -42,6 +42,12 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (response_id, sequence_number)
     ) WITHOUT ROWID;
     """,
+    """
+    CREATE TRIGGER responses_delete_events AFTER DELETE ON responses
+    BEGIN
+        DELETE FROM response_events WHERE response_id = OLD.id;
+    END;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -147,16 +153,9 @@ class ResponseStore:
                 [(id, e["sequence_number"], _dumps(e)) for e in events])
 
     async def delete_response(self, id: str, owner: str | None = None) -> bool:
-        """Delete a response and its events. Returns False when not found for ``owner``."""
-        await self.conn.execute("BEGIN")
-        try:
-            cursor = await self.conn.execute("DELETE FROM responses WHERE id=? AND owner IS ?", (id, owner))
-            if cursor.rowcount:
-                await self.conn.execute("DELETE FROM response_events WHERE response_id=?", (id,))
-            await self.conn.execute("COMMIT")
-        except BaseException:
-            await self.conn.execute("ROLLBACK")
-            raise
+        """Delete a response (its events go with it, by trigger, in the same statement).
+        Returns False when not found for ``owner``."""
+        cursor = await self.conn.execute("DELETE FROM responses WHERE id=? AND owner IS ?", (id, owner))
         return cursor.rowcount > 0
 
     async def fail_orphaned_responses(self) -> int:

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from api.jobs import JobManager
@@ -70,6 +70,10 @@ async def _parse_body(request: Request) -> dict:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise APIError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+    try:  # what cannot be written back (nested past orjson's 254 levels) cannot be stored or answered
+        orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        raise APIError(400, "The request body is nested too deeply.", code="invalid_json") from None
     settings = request.app.state.settings
     try:
         return validate_create_body(data, settings.max_input_items)
@@ -164,8 +168,12 @@ def _mark_unreachable(endpoint: str, detail: str) -> None:
         pass
 
 
-def _cache_options(body: dict) -> dict:
-    return {key: body[key] for key in _ANSWER_FIELDS if body.get(key) is not None}
+def _cache_options(turn: Turn) -> dict:
+    """The key's options: what changes the answer, and the tenant (answers are never shared)."""
+    options = {key: turn.body[key] for key in _ANSWER_FIELDS if turn.body.get(key) is not None}
+    if turn.owner is not None:
+        options["owner"] = turn.owner
+    return options
 
 
 async def _cache_lookup(turn: Turn) -> tuple[Any, dict | None]:
@@ -175,7 +183,7 @@ async def _cache_lookup(turn: Turn) -> tuple[Any, dict | None]:
     cache = get_llm_cache()
     if cache is None:
         return None, None
-    options = _cache_options(turn.body)
+    options = _cache_options(turn)
     args = (CACHE_ROUTE, turn.model, turn.messages)
     hit = await (cache.get_chat(*args, options) if options else cache.get_chat(*args))
     CACHE_LOOKUPS.labels("hit" if hit else "miss").inc()
@@ -185,7 +193,7 @@ async def _cache_lookup(turn: Turn) -> tuple[Any, dict | None]:
 def _cache_writer(cache: Any, turn: Turn):
     if cache is None:
         return None
-    options = _cache_options(turn.body)
+    options = _cache_options(turn)
 
     async def write(response: dict) -> None:
         value = orjson.dumps(response)
@@ -237,9 +245,13 @@ async def create_response(request: Request) -> Response:
 
     upstream = await open_upstream(turn)
     if turn.stream:
-        if turn.store:
-            await save(store, turn, turn.response("in_progress", completed_at=None))
-        return ForegroundStream(store, turn, upstream, _cache_writer(cache, turn)).response()
+        try:
+            if turn.store:
+                await save(store, turn, turn.response("in_progress", completed_at=None))
+            return ForegroundStream(store, turn, upstream, _cache_writer(cache, turn)).response()
+        except BaseException:
+            await upstream.close()
+            raise
     try:
         if upstream.native:
             response = native_result_to_response(turn, upstream.result)
@@ -276,12 +288,15 @@ async def _row(request: Request, response_id: str) -> dict:
 
 @router.get("/v1/responses/{response_id}")
 async def retrieve_response(request: Request, response_id: str, stream: bool = False,
-                            starting_after: int | None = None) -> Response:
+                            starting_after: int | None = Query(None, ge=-1, le=2**53)) -> Response:
     """Retrieve a stored response; with ``stream=true`` replay its events after
-    ``starting_after`` and follow it while it runs."""
+    ``starting_after`` and follow it while it runs (background responses)."""
     row = await _row(request, response_id)
     if not stream:
         return _json(_response_of(row))
+    if not row["background"] and row["status"] in ("queued", "in_progress"):
+        raise APIError(400, "Only background responses can be streamed while they run; retrieve this one "
+                            "when it has finished.", param="stream", code="not_background")
     after = -1 if starting_after is None else starting_after
     job = _jobs(request).jobs.get(response_id)
     if job is not None and job.turn.stream:

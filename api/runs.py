@@ -227,8 +227,8 @@ class ForegroundStream:
         self._finished = True
         await self.upstream.close()
         final = interrupted(self.translator)
-        if self.turn.store:
-            await save(self.store, self.turn, final)
+        if self.turn.store:  # an update, so a response deleted meanwhile stays deleted
+            await self.store.update_response(self.turn.id, final, only_if_active=True)
         if self.on_final is not None and final["status"] == "completed":
             await self.on_final(final)
 

@@ -85,17 +85,45 @@ def _normalize_content(content: Any, role: str, param: str) -> list[dict]:
         if not isinstance(part, dict) or "type" not in part:
             raise InvalidInput("A content part must be an object with a 'type'.", f"{param}[{j}]")
         ptype = part["type"]
-        if ptype in ("input_text", "output_text", "text"):
-            if not isinstance(part.get("text"), str):
-                raise InvalidInput("A text part needs a string 'text'.", f"{param}[{j}].text")
+        where = f"{param}[{j}]"
+        if ptype in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
+            _require_str(part, "text", where)
             parts.append({**part, "type": text_type} if ptype == "text" else part)
+        elif ptype == "refusal":
+            _require_str(part, "refusal", where)
+            parts.append(part)
         elif ptype == "input_image":
+            for key in ("image_url", "file_id"):
+                _require_str(part, key, where, optional=True)
+            if part.get("detail") not in (None, "auto", "low", "high"):
+                raise InvalidInput("input_image 'detail' must be 'auto', 'low' or 'high'.", f"{where}.detail")
             parts.append({**part, "detail": part.get("detail") or "auto"})
-        elif ptype in ("input_file", "refusal", "summary_text", "reasoning_text"):
+        elif ptype == "input_file":
+            for key in ("file_data", "file_url", "file_id", "filename"):
+                _require_str(part, key, where, optional=True)
             parts.append(part)
         else:
-            raise InvalidInput(f"Unsupported content part type '{ptype}'.", f"{param}[{j}].type")
+            raise InvalidInput(f"Unsupported content part type '{ptype}'.", f"{where}.type")
     return parts
+
+
+def _require_str(part: dict, key: str, where: str, optional: bool = False) -> None:
+    value = part.get(key)
+    if not isinstance(value, str) and not (optional and value is None):
+        raise InvalidInput(f"'{key}' must be a string.", f"{where}.{key}")
+
+
+def _text_parts(value: Any, where: str) -> list[dict]:
+    """A list of ``{"type", "text"}`` parts (reasoning summaries and contents), checked."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidInput("Must be a list of text parts.", where)
+    for j, part in enumerate(value):
+        if not isinstance(part, dict):
+            raise InvalidInput("A text part must be an object.", f"{where}[{j}]")
+        _require_str(part, "text", f"{where}[{j}]")
+    return value
 
 
 def normalize_input_items(input: str | list | None) -> list[dict]:
@@ -136,14 +164,18 @@ def normalize_input_items(input: str | list | None) -> list[dict]:
         elif item_type == "function_call_output":
             if not isinstance(raw.get("call_id"), str):
                 raise InvalidInput("function_call_output needs a string 'call_id'.", f"{param}.call_id")
-            if not isinstance(raw.get("output"), (str, list)):
+            output = raw.get("output")
+            if isinstance(output, list):
+                output = _normalize_content(output, "user", f"{param}.output")
+            elif not isinstance(output, str):
                 raise InvalidInput("function_call_output needs an 'output'.", f"{param}.output")
             items.append({"type": "function_call_output", "id": raw.get("id") or new_id("fco"),
-                          "call_id": raw["call_id"], "output": raw["output"],
+                          "call_id": raw["call_id"], "output": output,
                           "status": raw.get("status") or "completed"})
         elif item_type == "reasoning":
+            _text_parts(raw.get("content"), f"{param}.content")
             items.append({"type": "reasoning", "id": raw.get("id") or new_id("rs"),
-                          "summary": raw.get("summary") or [],
+                          "summary": _text_parts(raw.get("summary"), f"{param}.summary"),
                           **{k: raw[k] for k in ("content", "encrypted_content") if raw.get(k) is not None}})
         elif item_type == "item_reference":
             if not isinstance(raw.get("id"), str):
@@ -305,8 +337,9 @@ def messages_to_responses_input(messages: Iterable[dict]) -> tuple[str | None, l
                 if p.get("type") == "text":
                     parts.append({"type": text_type, "text": p.get("text", "")})
                 elif p.get("type") == "image_url":
-                    url = p["image_url"]["url"] if isinstance(p.get("image_url"), dict) else p.get("image_url")
-                    parts.append({"type": "input_image", "image_url": url, "detail": "auto"})
+                    image = p["image_url"] if isinstance(p.get("image_url"), dict) else {"url": p.get("image_url")}
+                    parts.append({"type": "input_image", "image_url": image.get("url"),
+                                  "detail": image.get("detail") or "auto"})
             if parts:
                 items.append({"role": role, "content": parts})
             for call in msg.get("tool_calls") or []:
@@ -429,6 +462,9 @@ def tools_responses_to_chat(tools: list[dict] | None) -> list[dict]:
                                "only 'function' tools are.", f"tools[{i}].type", "unsupported_tool")
         if not isinstance(tool.get("name"), str) or not tool["name"]:
             raise InvalidInput("A function tool needs a 'name'.", f"tools[{i}].name")
+        if not isinstance(tool.get("parameters"), (dict, type(None))):
+            raise InvalidInput("A function tool's 'parameters' must be a JSON schema object.",
+                               f"tools[{i}].parameters")
         fn = {"name": tool["name"]}
         if tool.get("description") is not None:
             fn["description"] = tool["description"]
@@ -454,9 +490,14 @@ def tool_choice_to_chat(tool_choice: Any, chat_tools: list[dict]) -> tuple[Any, 
         return tool_choice, chat_tools
     kind = tool_choice.get("type")
     if kind == "function":
-        return {"type": "function", "function": {"name": tool_choice.get("name")}}, chat_tools
+        if not isinstance(tool_choice.get("name"), str):
+            raise InvalidInput("A function tool_choice needs a string 'name'.", "tool_choice.name")
+        return {"type": "function", "function": {"name": tool_choice["name"]}}, chat_tools
     if kind == "allowed_tools":
-        names = {t.get("name") for t in tool_choice.get("tools") or [] if t.get("type") == "function"}
+        allowed = tool_choice.get("tools")
+        if not isinstance(allowed, list) or not all(isinstance(t, dict) for t in allowed):
+            raise InvalidInput("allowed_tools 'tools' must be a list of tool objects.", "tool_choice.tools")
+        names = {t.get("name") for t in allowed if t.get("type") == "function"}
         return tool_choice.get("mode", "auto"), [t for t in chat_tools if t["function"]["name"] in names]
     raise InvalidInput(f"tool_choice type {kind!r} is not supported by this model's backend.",
                        "tool_choice")

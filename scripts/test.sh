@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install --disable-pip-version-check -q ".[test]"
 rm -rf build ./*.egg-info
+# schemathesis (for the fuzz test) lives off the venv's path: its pytest plugin imports the
+# HTTP library `requests`, which this project's own `requests` package shadows.
+[ -d .venv/schemathesis-target/schemathesis ] || \
+    .venv/bin/pip install --disable-pip-version-check -q --target .venv/schemathesis-target "schemathesis>=4.32"
 
 cache="${NOMYO_LLAMA_CACHE:-$HOME/.cache/nomyo-router}"
 mkdir -p "$cache"

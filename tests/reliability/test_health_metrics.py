@@ -1,0 +1,139 @@
+"""Readiness per endpoint (``/health``) and the Prometheus counters (``/metrics``)."""
+
+from __future__ import annotations
+
+import router
+from tests.e2e.ollama_server import OllamaTestServer
+from tests.e2e.processes import free_port
+from tests.reliability.helpers import metric
+
+REQUESTS = "nomyo_router_requests_total"
+
+
+async def test_health_is_200_while_one_endpoint_is_reachable(app_factory, ollama):
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with app_factory(endpoints=[dead, ollama.url], connect_timeout=1) as http:
+        reply = await http.get("/health")
+        assert reply.status_code == 200
+        body = reply.json()
+        assert body["status"] == "ok" and body["store"] == {"ok": True, "error": None}
+        by_url = {ep["url"]: ep for ep in body["endpoints"]}
+        assert set(by_url) == {dead, ollama.url}
+        assert by_url[ollama.url] == {"url": ollama.url, "kind": "ollama", "reachable": True,
+                                      "models": ["tiny:latest"], "error": None}
+        assert by_url[dead]["reachable"] is False and by_url[dead]["models"] == []
+        assert isinstance(by_url[dead]["error"], str) and by_url[dead]["error"]
+
+
+async def test_health_is_503_with_detail_when_no_endpoint_is_reachable(app_factory):
+    dead = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}/v1"]
+    async with app_factory(endpoints=dead, connect_timeout=1) as http:
+        reply = await http.get("/health")
+        assert reply.status_code == 503
+        body = reply.json()
+        assert body["status"] == "unavailable" and body["store"]["ok"] is True
+        assert [ep["url"] for ep in body["endpoints"]] == dead
+        assert [ep["kind"] for ep in body["endpoints"]] == ["ollama", "openai"]
+        for ep in body["endpoints"]:
+            assert ep["reachable"] is False and ep["error"]
+        assert (await http.get("/health/live")).status_code == 200
+
+
+async def test_health_is_503_without_endpoints(app_factory):
+    async with app_factory(endpoints=[]) as http:
+        reply = await http.get("/health")
+        assert reply.status_code == 503 and reply.json()["endpoints"] == []
+
+
+async def test_health_recovers_when_the_backend_comes_back(app_factory):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    async with app_factory(endpoints=[url], connect_timeout=1) as http:
+        assert (await http.get("/health")).status_code == 503
+        assert (await http.post("/v1/responses", json={"model": "tiny", "input": "x"})).status_code == 404
+        with OllamaTestServer(models=["tiny:latest"], port=port):
+            reply = await http.get("/health")
+            assert reply.status_code == 200 and reply.json()["endpoints"][0]["reachable"] is True
+            assert (await http.post("/v1/responses", json={"model": "tiny", "input": "x"})).status_code == 200
+        assert (await http.get("/health")).status_code == 503
+
+
+async def test_health_is_503_when_the_store_fails(app_factory, ollama, monkeypatch):
+    async with app_factory(endpoints=[ollama.url]) as http:
+        async def broken():
+            raise OSError("disk gone")
+        monkeypatch.setattr(router.app.state.store, "check", broken)
+        reply = await http.get("/health")
+        assert reply.status_code == 503
+        assert reply.json()["store"] == {"ok": False, "error": "OSError: disk gone"}
+        assert reply.json()["endpoints"][0]["reachable"] is True
+
+
+async def _metrics(http) -> str:
+    reply = await http.get("/metrics")
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+    return reply.text
+
+
+async def test_metrics_count_requests_by_route_and_status(app_factory, ollama):
+    async with app_factory(endpoints=[ollama.url], max_concurrent_connections=4) as http:
+        before = await _metrics(http)
+        ids = [(await http.post("/v1/responses", json={"model": "tiny", "input": f"{i}"})).json()["id"]
+               for i in range(3)]
+        await http.post("/v1/responses", json={"model": "tiny", "input": "s", "stream": True})
+        for _ in range(2):
+            await http.post("/v1/responses", json={"model": "tiny", "input": 5})
+        for rid in ids:
+            await http.get(f"/v1/responses/{rid}")
+        await http.get("/v1/responses/resp_nope")
+        await http.get("/v1/responses/resp_nope/input_items")
+        await http.get("/no/such/path")
+        after = await _metrics(http)
+
+        def delta(**labels):
+            return metric(after, REQUESTS, **labels) - metric(before, REQUESTS, **labels)
+        assert delta(route="/v1/responses", status="200") == 4
+        assert delta(route="/v1/responses", status="400") == 2
+        assert delta(route="/v1/responses/{id}", status="200") == 3
+        assert delta(route="/v1/responses/{id}", status="404") == 1
+        assert delta(route="/v1/responses/{id}/input_items", status="404") == 1
+        assert delta(route="other", status="404") == 1
+        count = "nomyo_router_request_seconds_count"
+        assert metric(after, count, route="/v1/responses") - metric(before, count, route="/v1/responses") == 6
+        assert "resp_" not in after and "/no/such/path" not in after      # bounded labels
+
+
+async def test_metrics_count_backend_errors(app_factory, ollama):
+    async with app_factory(endpoints=[ollama.url], request_timeout=0.3) as http:
+        before = await _metrics(http)
+        ollama.fail_status = 500
+        for _ in range(2):
+            assert (await http.post("/v1/responses", json={"model": "tiny", "input": "x"})).status_code == 500
+        ollama.fail_status = 429
+        assert (await http.post("/v1/responses", json={"model": "tiny", "input": "x", "stream": True})).status_code == 429
+        ollama.fail_status, ollama.first_byte_delay = None, 1.0
+        assert (await http.post("/v1/responses", json={"model": "tiny", "input": "x"})).status_code == 504
+        after = await _metrics(http)
+
+        def delta(kind):
+            name = "nomyo_router_backend_errors_total"
+            return metric(after, name, endpoint=ollama.url, kind=kind) - metric(before, name, endpoint=ollama.url,
+                                                                                kind=kind)
+        assert (delta("500"), delta("429"), delta("504")) == (2, 1, 1)
+
+
+async def test_metrics_count_cache_hits_and_misses(app_factory, ollama):
+    async with app_factory(endpoints=[ollama.url], cache_enabled=True) as http:
+        before = await _metrics(http)
+        body = {"model": "tiny", "input": "cache me", "nomyo": {"cache": True}}
+        for _ in range(3):
+            assert (await http.post("/v1/responses", json=body)).status_code == 200
+        await http.post("/v1/responses", json={**body, "stream": True})                 # a hit, streamed
+        await http.post("/v1/responses", json={"model": "tiny", "input": "cache me"})   # not opted in
+        await http.post("/v1/responses", json={**body, "input": "other"})              # another key
+        after = await _metrics(http)
+        name = "nomyo_router_cache_lookups_total"
+        hits = metric(after, name, result="hit") - metric(before, name, result="hit")
+        misses = metric(after, name, result="miss") - metric(before, name, result="miss")
+        assert (hits, misses) == (3, 2)
+        assert ollama.requests_total == 3
