@@ -26,7 +26,8 @@ from db import ResponseStore
 from errors import APIError
 from metrics import BACKEND_ERRORS, CACHE_LOOKUPS
 from requests.native import native_request
-from requests.responses import (InvalidInput, build_response_object, chat_request_params, new_id,
+from requests.params import chat_request_params
+from requests.responses import (InvalidInput, build_response_object, new_id,
                                 normalize_input_items, normalize_output_item)
 from requests.stream import response_to_events, sse_frame
 from requests.validation import CreateResponseBody, validate_create_body

@@ -2,17 +2,20 @@
 
 Follows OpenAI's Responses API as the ``openai`` SDK types it
 (``openai.types.responses``) and the Open Responses schema, which requires every
-field of a Response to be present. The streaming state machine lives beside this
-module in ``requests.stream``.
+field of a Response to be present. Request parameters (tools, tool_choice,
+text.format, sampling) are mapped in ``requests.params``; the streaming state
+machine lives in ``requests.stream``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import secrets
 import time
 from typing import Any, Iterable
+
+from requests.common import InvalidInput, new_id
+from requests.params import tools_responses_to_chat
 
 __all__ = [
     "InvalidInput",
@@ -25,45 +28,15 @@ __all__ = [
     "usage_chat_to_responses",
     "complete_usage",
     "tools_responses_to_chat",
-    "tool_choice_to_chat",
-    "text_format_to_response_format",
-    "chat_request_params",
     "output_text_of",
     "build_response_object",
-    "UNSUPPORTED_TOOL_TYPES",
 ]
-
-#: Hosted tools that only OpenAI itself can run; a Chat Completions backend cannot.
-UNSUPPORTED_TOOL_TYPES = frozenset({
-    "web_search", "web_search_preview", "file_search", "computer_use_preview",
-    "code_interpreter", "image_generation", "mcp", "local_shell", "shell",
-    "apply_patch", "custom",
-})
 
 _TEXT_MIME_PREFIXES = ("text/",)
 _TEXT_MIME_TYPES = frozenset({
     "application/json", "application/xml", "application/x-yaml", "application/yaml",
     "application/javascript", "application/x-python", "application/csv",
 })
-
-
-class InvalidInput(ValueError):
-    """Input that cannot be translated; the HTTP layer answers 400.
-
-    ``param`` names the offending request field in OpenAI's dotted form
-    (``input[2].content[0]``), ``code`` is a machine-readable reason or None.
-    """
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code
-
-
-def new_id(prefix: str) -> str:
-    """Return ``<prefix>_<48 hex digits>``: 192 random bits, unguessable."""
-    return f"{prefix}_{secrets.token_hex(24)}"
 
 
 # ── input items ────────────────────────────────────────────────────────────────
@@ -442,120 +415,6 @@ def complete_usage(usage: dict | None) -> dict | None:
     return {**usage,
             "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0, **indet},
             "output_tokens_details": {"reasoning_tokens": 0, **outdet}}
-
-
-# ── request parameters ─────────────────────────────────────────────────────────
-
-def tools_responses_to_chat(tools: list[dict] | None) -> list[dict]:
-    """Translate Responses function tools (flat) to Chat Completions tools (nested).
-
-    ``{"type": "function", "name", "description", "parameters", "strict"}`` ->
-    ``{"type": "function", "function": {...}}``. A hosted tool type (web_search,
-    file_search, ...) raises :class:`InvalidInput`: a Chat Completions backend
-    cannot run it and dropping it silently would change the answer.
-    """
-    out = []
-    for i, tool in enumerate(tools or []):
-        ttype = tool.get("type") if isinstance(tool, dict) else None
-        if ttype != "function":
-            raise InvalidInput(f"Tool type {ttype!r} is not supported by this model's backend; "
-                               "only 'function' tools are.", f"tools[{i}].type", "unsupported_tool")
-        if not isinstance(tool.get("name"), str) or not tool["name"]:
-            raise InvalidInput("A function tool needs a 'name'.", f"tools[{i}].name")
-        if not isinstance(tool.get("parameters"), (dict, type(None))):
-            raise InvalidInput("A function tool's 'parameters' must be a JSON schema object.",
-                               f"tools[{i}].parameters")
-        fn = {"name": tool["name"]}
-        if tool.get("description") is not None:
-            fn["description"] = tool["description"]
-        fn["parameters"] = tool.get("parameters") if tool.get("parameters") is not None else \
-            {"type": "object", "properties": {}}
-        if tool.get("strict") is not None:
-            fn["strict"] = tool["strict"]
-        out.append({"type": "function", "function": fn})
-    return out
-
-
-def tool_choice_to_chat(tool_choice: Any, chat_tools: list[dict]) -> tuple[Any, list[dict]]:
-    """Translate Responses ``tool_choice`` to ``(chat tool_choice, chat tools)``.
-
-    ``"none"``/``"auto"``/``"required"`` pass as they are; ``{"type": "function",
-    "name"}`` -> ``{"type": "function", "function": {"name"}}``;
-    ``{"type": "allowed_tools", "mode", "tools"}`` narrows the tool list to those
-    named and uses ``mode``. None means unset. Raises :class:`InvalidInput`.
-    """
-    if tool_choice is None or isinstance(tool_choice, str):
-        if tool_choice not in (None, "none", "auto", "required"):
-            raise InvalidInput(f"Invalid tool_choice {tool_choice!r}.", "tool_choice")
-        return tool_choice, chat_tools
-    kind = tool_choice.get("type")
-    if kind == "function":
-        if not isinstance(tool_choice.get("name"), str):
-            raise InvalidInput("A function tool_choice needs a string 'name'.", "tool_choice.name")
-        return {"type": "function", "function": {"name": tool_choice["name"]}}, chat_tools
-    if kind == "allowed_tools":
-        allowed = tool_choice.get("tools")
-        if not isinstance(allowed, list) or not all(isinstance(t, dict) for t in allowed):
-            raise InvalidInput("allowed_tools 'tools' must be a list of tool objects.", "tool_choice.tools")
-        names = {t.get("name") for t in allowed if t.get("type") == "function"}
-        return tool_choice.get("mode", "auto"), [t for t in chat_tools if t["function"]["name"] in names]
-    raise InvalidInput(f"tool_choice type {kind!r} is not supported by this model's backend.",
-                       "tool_choice")
-
-
-def text_format_to_response_format(text: dict | None) -> dict | None:
-    """Translate Responses ``text.format`` to Chat Completions ``response_format``.
-
-    ``json_schema`` (flat: name, schema, strict, description) -> nested
-    ``{"type": "json_schema", "json_schema": {...}}``; ``json_object`` passes;
-    ``text`` or nothing -> None.
-    """
-    fmt = (text or {}).get("format")
-    if not fmt or fmt.get("type") == "text":
-        return None
-    if fmt.get("type") == "json_object":
-        return {"type": "json_object"}
-    if fmt.get("type") == "json_schema":
-        schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if fmt.get(k) is not None}
-        return {"type": "json_schema", "json_schema": schema}
-    raise InvalidInput(f"Unsupported text.format type {fmt.get('type')!r}.", "text.format.type")
-
-
-_SAMPLING_KEYS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
-
-
-def chat_request_params(body: dict, messages: list[dict], model: str, *, stream: bool) -> dict:
-    """Build the Chat Completions request for a Responses create ``body``.
-
-    Maps ``max_output_tokens`` -> ``max_tokens``, sampling options, tools,
-    ``tool_choice``, ``parallel_tool_calls`` (only with tools), ``text.format``
-    -> ``response_format`` and ``reasoning.effort`` -> ``reasoning_effort``.
-    Streaming asks for a final usage chunk. Raises :class:`InvalidInput`.
-    """
-    params: dict[str, Any] = {"model": model, "messages": messages}
-    tools = tools_responses_to_chat(body.get("tools"))
-    tool_choice, tools = tool_choice_to_chat(body.get("tool_choice"), tools)
-    if tools and tool_choice != "none":
-        params["tools"] = tools
-        if tool_choice is not None:
-            params["tool_choice"] = tool_choice
-        if body.get("parallel_tool_calls") is not None:
-            params["parallel_tool_calls"] = body["parallel_tool_calls"]
-    if body.get("max_output_tokens") is not None:
-        params["max_tokens"] = body["max_output_tokens"]
-    for key in _SAMPLING_KEYS:
-        if body.get(key) is not None:
-            params[key] = body[key]
-    response_format = text_format_to_response_format(body.get("text"))
-    if response_format is not None:
-        params["response_format"] = response_format
-    effort = (body.get("reasoning") or {}).get("effort")
-    if effort:
-        params["reasoning_effort"] = effort
-    if stream:
-        params["stream"] = True
-        params["stream_options"] = {"include_usage": True}
-    return params
 
 
 # ── the Response object ────────────────────────────────────────────────────────

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import requests
-from requests import responses as rt
+from requests import params as rp, responses as rt
 from requests.native import native_input, native_request
 from requests.responses import InvalidInput
 
@@ -136,7 +136,7 @@ def test_usage_details_follow_the_backend():
 def test_tool_choice_mapping(choice, expected_choice, names):
     tools = rt.tools_responses_to_chat([{"type": "function", "name": "f"}, {"type": "function", "name": "g",
                                                                           "strict": True}])
-    mapped, kept = rt.tool_choice_to_chat(choice, tools)
+    mapped, kept = rp.tool_choice_to_chat(choice, tools)
     assert mapped == expected_choice and [t["function"]["name"] for t in kept] == names
 
 
@@ -146,7 +146,7 @@ def test_chat_request_params():
             "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"},
                                 "strict": True}},
             "reasoning": {"effort": "low"}}
-    params = rt.chat_request_params(body, [{"role": "user", "content": "q"}], "m:latest", stream=True)
+    params = rp.chat_request_params(body, [{"role": "user", "content": "q"}], "m:latest", stream=True)
     assert params["model"] == "m:latest" and params["max_tokens"] == 50
     assert params["temperature"] == 0.2 and params["top_p"] == 0.9
     assert "tools" not in params  # tool_choice none sends no tools
@@ -154,7 +154,7 @@ def test_chat_request_params():
         "name": "x", "schema": {"type": "object"}, "strict": True}}
     assert params["reasoning_effort"] == "low"
     assert params["stream_options"] == {"include_usage": True}
-    assert rt.text_format_to_response_format({"format": {"type": "json_object"}}) == {"type": "json_object"}
+    assert rp.text_format_to_response_format({"format": {"type": "json_object"}}) == {"type": "json_object"}
 
 
 def test_build_response_object_defaults():
