@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import httpx2
 import openai
 import orjson
 
@@ -353,6 +354,8 @@ class ChatStream:
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
+                    async for _ in lines:  # read to the end, so the connection goes back to the pool
+                        pass
                     await self.aclose()
                     raise StopAsyncIteration
                 chunk = orjson.loads(data)
@@ -365,11 +368,11 @@ class ChatStream:
                 await self.aclose()
                 raise BackendStreamError("the stream ended before it was complete") from None
             raise
-        except (httpx.HTTPError, openai.APIError, OSError, orjson.JSONDecodeError) as exc:
+        except (httpx.HTTPError, httpx2.HTTPError, openai.APIError, OSError, orjson.JSONDecodeError) as exc:
             await self.aclose()
             raise BackendStreamError(f"{type(exc).__name__}: {exc}") from exc
         except Exception as exc:
-            if type(exc).__module__.startswith(("httpx", "httpcore")):
+            if type(exc).__module__.startswith(("httpx", "httpcore")):  # their transport errors
                 await self.aclose()
                 raise BackendStreamError(f"{type(exc).__name__}: {exc}") from exc
             raise
@@ -381,18 +384,22 @@ class ChatStream:
             await self._stack.aclose()
 
 
+_STREAM_OPTIONS = {"headers": {"X-Stainless-Raw-Response": "stream"}}
+
+
 async def _call_chat(client: openai.AsyncOpenAI, params: dict) -> dict | ChatStream:
+    # The SDK's low-level ``post`` with a body already serialized by orjson: the
+    # client's connection pool, auth, timeouts and error mapping, without the typed
+    # walk over every message that ``chat.completions.create`` makes.
+    body = orjson.dumps(params)
     if params.get("stream"):
+        response = await client.post("/chat/completions", content=body, cast_to=httpx2.Response,
+                                     options=_STREAM_OPTIONS)
         stack = AsyncExitStack()
-        try:
-            response = await stack.enter_async_context(
-                client.chat.completions.with_streaming_response.create(**params))
-        except BaseException:
-            await stack.aclose()
-            raise
-        return ChatStream(stack, response.iter_lines().__aiter__())
-    raw = await client.chat.completions.with_raw_response.create(**params)
-    completion = orjson.loads(raw.http_response.content)
+        stack.push_async_callback(response.aclose)
+        return ChatStream(stack, response.aiter_lines().__aiter__())
+    response = await client.post("/chat/completions", content=body, cast_to=httpx2.Response)
+    completion = orjson.loads(response.content)
     return _normalize_usage(completion) if "usage" in completion else completion
 
 
