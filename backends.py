@@ -259,9 +259,14 @@ class Registry:
             ep = self.endpoints.get(endpoint)
             base = ep.base_url if ep else endpoint
             key = (ep.api_key if ep else None) or "nomyo-router"
+            # Keep-alive for at least as many connections as may be in flight to one
+            # endpoint, so a busy endpoint's connections are reused, not reopened.
+            keepalive = max(100, 4 * self.settings.max_concurrent_connections)
             client = openai.AsyncOpenAI(
                 base_url=base, api_key=key, max_retries=0,
-                timeout=openai.Timeout(self.settings.request_timeout, connect=self.settings.connect_timeout))
+                timeout=openai.Timeout(self.settings.request_timeout, connect=self.settings.connect_timeout),
+                http_client=openai.DefaultAsyncHttpxClient(limits=httpx2.Limits(
+                    max_connections=max(1000, keepalive), max_keepalive_connections=keepalive)))
             self._clients[endpoint] = client
         return client
 

@@ -1,0 +1,1 @@
+"""Benchmark harness of the gateway: ``python -m bench`` (see ``bench/README.md``)."""

@@ -10,7 +10,8 @@ stdout once it listens. Routes:
   ``finish_reason`` chunk, a usage chunk when ``stream_options.include_usage``,
   then ``data: [DONE]``. The model ``bench-paced`` spaces the word chunks by
   ``--pace-ms`` milliseconds; ``bench`` sends the whole stream in one write.
-* ``GET /bench/stats``: counters (``chat_requests``, ``streams_active``,
+* ``GET /bench/stats``: counters (``chat_requests``, ``connections`` accepted,
+  ``unused_connections`` closed without a request, ``streams_active``,
   ``streams_peak``); ``POST /bench/reset`` zeroes them.
 
 Only what the benchmark needs of HTTP/1.1 is implemented: keep-alive,
@@ -44,13 +45,15 @@ class Stats:
 
     def __init__(self) -> None:
         self.chat_requests = 0
+        self.connections = 0
+        self.unused_connections = 0
         self.streams_active = 0
         self.streams_peak = 0
 
     def as_dict(self) -> dict:
         """The counters as a JSON-ready dict."""
-        return {"chat_requests": self.chat_requests, "streams_active": self.streams_active,
-                "streams_peak": self.streams_peak}
+        return {"chat_requests": self.chat_requests, "connections": self.connections,
+                "unused_connections": self.unused_connections, "streams_active": self.streams_active, "streams_peak": self.streams_peak}
 
 
 def _chunk(payload: bytes) -> bytes:
@@ -81,14 +84,18 @@ class BackendProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.busy = False          # a paced stream is being written
         self.close_after = False
-        self.counter = 0
+        self.counter = 0           # chat completions answered on this connection
+        self.served = 0            # requests of any route answered on this connection
 
     # connection ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        self.stats.connections += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if not self.counter and not self.served:
+            self.stats.unused_connections += 1
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -137,6 +144,7 @@ class BackendProtocol(asyncio.Protocol):
         self.transport.write(_JSON_HEAD % (status, _REASONS.get(status, b"Error"), len(body), extra) + body)
 
     def _handle(self, method: bytes, path: bytes, body: bytes) -> None:
+        self.served += 1
         path = path.partition(b"?")[0]
         if method == b"POST" and path == b"/v1/chat/completions":
             self._chat(body)
@@ -147,7 +155,7 @@ class BackendProtocol(asyncio.Protocol):
         elif method == b"GET" and path == b"/bench/stats":
             self._json(200, self.stats.as_dict())
         elif method == b"POST" and path == b"/bench/reset":
-            self.stats.chat_requests = 0
+            self.stats.chat_requests = self.stats.connections = self.stats.unused_connections = 0
             self.stats.streams_peak = self.stats.streams_active
             self._json(200, self.stats.as_dict())
         else:

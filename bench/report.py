@@ -1,0 +1,251 @@
+"""The report: the issue's targets with pass/miss verdicts, the printed tables, the JSON file.
+
+Units: CPU and latency in milliseconds (``_ms``), per-chunk CPU in
+microseconds (``_us``), memory in MB (10^6 bytes), throughput in requests/s.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass
+class Goal:
+    """One target: ``value(report)`` must be <= ``limit`` (in ``unit``)."""
+
+    key: str
+    label: str
+    unit: str
+    limit: float
+    value: Callable[[dict], float | None]
+    note: Callable[[dict], str] = lambda r: ""
+
+
+def dig(data: Any, *path: Any) -> Any:
+    """``data[p0][p1]...``, or None as soon as a step is missing."""
+    for step in path:
+        if not isinstance(data, dict) or data.get(step) is None:
+            return None
+        data = data[step]
+    return data
+
+
+def _cpu(r: dict, key: str) -> float | None:
+    return dig(r, "workloads", key, "gateway", "cpu_ms_per_request")
+
+
+def _per_chunk_us(r: dict) -> float | None:
+    short, long = r["sizes"]["stream_chunks"]
+    a, b = _cpu(r, f"stream_{short}"), _cpu(r, f"stream_{long}")
+    return None if a is None or b is None else (b - a) / (long - short) * 1000.0
+
+
+def _chain_ratio(r: dict) -> float | None:
+    depths = r["sizes"]["chain_depths"]
+    low, high = _cpu(r, f"chain_depth_{min(depths)}"), _cpu(r, f"chain_depth_{max(depths)}")
+    return None if not low or high is None else high / low
+
+
+def _added(key: str, p: str) -> Callable[[dict], float | None]:
+    return lambda r: dig(r, "workloads", key, "added", "latency_ms", p)
+
+
+def _streams_note(r: dict) -> str:
+    s = r.get("streams_open") or {}
+    note = f"{s.get('max_open')}/{s.get('streams')} streams open together"
+    if s.get("streams", 0) < 500:
+        note += " (fewer than the target's 500)"
+    return note
+
+
+def _flat_value(r: dict) -> float | None:
+    change = dig(r, "rss_flatness", "change_pct")
+    return None if change is None else abs(change)
+
+
+def _flat_note(r: dict) -> str:
+    f = r.get("rss_flatness") or {}
+    note = f"{f.get('start_mb') or 0:.1f} -> {f.get('end_mb') or 0:.1f} MB over {f.get('requests')} requests"
+    if (f.get("requests") or 0) < 20_000:
+        note += " (fewer than the target's 20,000)"
+    return note
+
+
+GOALS = [
+    Goal("cpu_nonstream_store_true", "CPU / non-stream request, store:true", "ms", 2.0,
+         lambda r: _cpu(r, "nonstream_store_true")),
+    Goal("cpu_nonstream_store_false", "CPU / non-stream request, store:false", "ms", 1.5,
+         lambda r: _cpu(r, "nonstream_store_false")),
+    Goal("cpu_stream_short", "CPU / streamed request, 8 chunks", "ms", 4.0,
+         lambda r: _cpu(r, f"stream_{r['sizes']['stream_chunks'][0]}")),
+    Goal("cpu_per_extra_chunk", "CPU / additional chunk ((256 - 8 chunks) / 248)", "us", 40.0, _per_chunk_us),
+    Goal("added_p50_store_false", "Added latency p50, c=1, store:false", "ms", 2.0,
+         _added("nonstream_store_false", "p50")),
+    Goal("added_p99_store_false", "Added latency p99, c=1, store:false", "ms", 6.0,
+         _added("nonstream_store_false", "p99")),
+    Goal("added_p50_store_true", "Added latency p50, c=1, store:true", "ms", 2.0,
+         _added("nonstream_store_true", "p50")),
+    Goal("added_p99_store_true", "Added latency p99, c=1, store:true", "ms", 6.0,
+         _added("nonstream_store_true", "p99")),
+    Goal("chain_cpu_ratio", "CPU chain depth 100 / depth 1", "x", 2.0, _chain_ratio),
+    Goal("peak_rss_streams", "Peak RSS with 500 streams open", "MB", 200.0,
+         lambda r: dig(r, "streams_open", "peak_rss_mb"), _streams_note),
+    Goal("rss_flatness", "RSS change over 20,000 requests (abs)", "%", 10.0, _flat_value, _flat_note),
+    Goal("cpu_cache_hit", "CPU / cache hit", "ms", 1.0, lambda r: _cpu(r, "cache_hit")),
+]
+
+
+def evaluate(report: dict) -> list[dict]:
+    """The verdict of every goal: ``key``, ``label``, ``value``, ``unit``, ``limit``,
+    ``pass`` (True/False, None when the figure could not be measured), ``note``."""
+    out = []
+    for goal in GOALS:
+        try:
+            value = goal.value(report)
+        except (KeyError, TypeError, ZeroDivisionError):
+            value = None
+        out.append({"key": goal.key, "label": goal.label, "value": value, "unit": goal.unit,
+                    "limit": goal.limit, "pass": None if value is None else value <= goal.limit,
+                    "note": goal.note(report)})
+    return out
+
+
+def count_errors(report: dict) -> dict:
+    """Every error of the run: ``{"total", "by_phase": {name: n}, "kinds": {message: n}}``."""
+    by_phase: Counter = Counter()
+    kinds: Counter = Counter()
+
+    def add(name: str, n: int | None, k: dict | None) -> None:
+        if n:
+            by_phase[name] += n
+        kinds.update(k or {})
+
+    for key, w in (report.get("workloads") or {}).items():
+        add(f"{key}/warmup", w.get("warmup_errors"), w.get("warmup_error_kinds"))
+        for side in ("gateway", "direct"):
+            if w.get(side):
+                add(f"{key}/{side}", w[side]["errors"], w[side]["error_kinds"])
+            for c, entry in (w.get("throughput") or {}).items():
+                if entry.get(side):
+                    add(f"{key}/{side}/{c}", entry[side]["errors"], entry[side]["error_kinds"])
+    add("chain_build", dig(report, "chain_build", "errors"), None)
+    for phase in ("streams_open", "rss_flatness"):
+        add(phase, dig(report, phase, "errors"), dig(report, phase, "error_kinds"))
+    return {"total": sum(by_phase.values()), "by_phase": dict(by_phase), "kinds": dict(kinds)}
+
+
+# ── printing ─────────────────────────────────────────────────────────────────────
+
+def _f(value: float | None, digits: int = 2, sign: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table: first column left-aligned, the others right-aligned."""
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def render(report: dict) -> str:
+    """The tables of ``report`` as text."""
+    meta = report["meta"]
+    w = report["workloads"]
+    out = [f"NOMYO Router benchmark ({meta['mode']}), {meta['started']}, {meta['duration_s']:.0f} s",
+           f"gateway {meta['gateway_url']} (pid {meta.get('gateway_pid') or '-'}), "
+           f"backend {meta.get('backend_url') or '-'} (pid {meta.get('backend_pid') or '-'}), "
+           f"{meta['cpus']} CPUs, Python {meta['python']}", ""]
+    s = report["sizes"]
+    out.append(f"Concurrency 1: {s['rounds']} round(s) per side of {s['requests']} requests "
+               f"({s['long_stream_requests']} for the long stream), gateway and direct alternating. "
+               "CPU = OS CPU time of the gateway (direct rounds: of the backend) / requests; sys = its kernel "
+               "share; up conn/req = new gateway->backend connections per request. Times in ms.")
+    rows = []
+    for key, r in w.items():
+        g, d, a = r["gateway"], r.get("direct") or {}, r.get("added", {}).get("latency_ms", {})
+        sys_share = g.get("cpu_sys_share")
+        rows.append([r["label"], _f(g["cpu_ms_per_request"], 3), "-" if sys_share is None else f"{sys_share:.0%}",
+                     _f(d.get("cpu_ms_per_request"), 3),
+                     _f(dig(g, "latency_ms", "p50")), _f(dig(d, "latency_ms", "p50")), _f(a.get("p50"), 2, True),
+                     _f(dig(g, "latency_ms", "p99")), _f(dig(d, "latency_ms", "p99")), _f(a.get("p99"), 2, True),
+                     _f(dig(r, "upstream", "connections_per_request"), 2),
+                     str(g["errors"] + (d.get("errors") or 0) + (r.get("warmup_errors") or 0))])
+    out += [table(["workload", "CPU/req gw", "sys", "CPU/req be", "p50 gw", "p50 dir", "+p50", "p99 gw", "p99 dir", "+p99",
+                   "up conn/req", "errors"], rows), ""]
+    rows = []
+    for key, r in w.items():
+        if not r["stream"]:
+            continue
+        g, d, a = r["gateway"], r.get("direct") or {}, r.get("added", {})
+        rows.append([r["label"], _f(dig(g, "ttft_ms", "p50")), _f(dig(d, "ttft_ms", "p50")),
+                     _f(dig(a, "ttft_ms", "p50"), 2, True), _f(dig(a, "ttft_ms", "p99"), 2, True),
+                     _f(dig(g, "gap_ms", "p50"), 3), _f(dig(g, "gap_ms", "p99"), 3),
+                     _f(dig(d, "gap_ms", "p50"), 3), _f(dig(d, "gap_ms", "p99"), 3),
+                     _f(dig(a, "gap_ms", "p50"), 3, True), _f(dig(a, "gap_ms", "p99"), 3, True)])
+    if rows:
+        out.append("Streaming, concurrency 1: time to first output_text.delta (direct: first content chunk) "
+                   "and gap between content events, ms.")
+        out += [table(["workload", "TTFT gw p50", "dir p50", "+p50", "+p99", "gap gw p50", "gw p99", "dir p50",
+                       "dir p99", "+gap p50", "+gap p99"], rows), ""]
+    concs = [f"c{c}" for c in s["concurrencies"]]
+    rows = []
+    for key, r in w.items():
+        tp = r.get("throughput") or {}
+        row = [r["label"]]
+        for c in concs:
+            e = tp.get(c) or {}
+            row += [_f(dig(e, "gateway", "requests_per_s"), 0), _f(dig(e, "direct", "requests_per_s"), 0),
+                    _f(dig(e, "gateway", "cpu_ms_per_request"), 3), _f(dig(e, "gateway", "latency_ms", "p99"), 1),
+                    _f(dig(e, "upstream", "connections_per_request"), 2)]
+        rows.append(row + [_f(dig(tp, "gateway_rss_mb", "peak"), 1), _f(dig(tp, "gateway_rss_mb", "after"), 1)])
+    headers = ["workload"]
+    for c in concs:
+        headers += [f"req/s {c} gw", "dir", "CPU/req gw", "p99 gw", "up conn/req"]
+    headers += ["peak RSS", "RSS after"]
+    out.append(f"Throughput (steady state): {s['tput_rounds']} round(s) per side and concurrency, each "
+               f"{s['tput_ramp']:g} s ramp-up then a {s['tput_seconds']:g} s window; p99 in ms; up conn/req over "
+               "whole rounds; gateway RSS in MB (peak: VmHWM during the workload's rounds).")
+    out += [table(headers, rows), ""]
+    mem = report.get("gateway_rss_mb") or {}
+    so = report.get("streams_open") or {}
+    fl = report.get("rss_flatness") or {}
+    out.append("Gateway memory (MB): "
+               f"start {_f(dig(mem, 'at_start', 'rss'), 1)}, peak during throughput "
+               f"{_f(dig(mem, 'after_throughput', 'peak_during_throughput'), 1)}, end {_f(dig(mem, 'at_end', 'rss'), 1)}")
+    out.append(f"  {so.get('streams')} paced streams ({so.get('chunks')} chunks, {_f(so.get('pace_ms'), 0)} ms apart): "
+               f"{so.get('max_open')} open together, RSS {_f(so.get('rss_before_mb'), 1)} -> "
+               f"{_f(so.get('rss_all_open_mb'), 1)} when all open, peak {_f(so.get('peak_rss_mb'), 1)}, "
+               f"{so.get('errors')} errors, {_f(so.get('seconds'), 1)} s")
+    out.append(f"  flatness: {fl.get('requests')} requests (+{fl.get('warmup')} warm-up, c={fl.get('concurrency')}, "
+               f"mix {'+'.join(fl.get('mix') or [])}): RSS {_f(fl.get('start_mb'), 1)} -> {_f(fl.get('end_mb'), 1)} "
+               f"({_f(fl.get('change_pct'), 1, True)}%), {_f(fl.get('requests_per_s'), 0)} req/s, "
+               f"{fl.get('errors')} errors")
+    out.append("")
+    rows = []
+    for t in report["targets"]:
+        verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "MISS")
+        digits = 1 if t["unit"] in ("us", "MB", "%") else (2 if t["unit"] == "x" else 3)
+        rows.append([t["label"], f"{_f(t['value'], digits)} {t['unit']}", f"<= {t['limit']:g} {t['unit']}",
+                     verdict, t["note"]])
+    out += [table(["target", "measured", "target", "verdict", "note"], rows), ""]
+    errs = report["errors"]
+    out.append(f"Errors: {errs['total']}" + ("" if not errs["total"] else
+               " -- " + "; ".join(f"{k}: {n}" for k, n in errs["by_phase"].items())))
+    for kind, n in list(errs["kinds"].items())[:10]:
+        out.append(f"  {n} x {kind}")
+    return "\n".join(out)
+
+
+def write_json(report: dict, path: Path) -> Path:
+    """Write ``report`` as indented JSON to ``path`` (parents created); returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    return path

@@ -1,0 +1,83 @@
+"""Smoke test of the benchmark harness: its tiniest mode runs end to end and reports every figure.
+
+Starts the bench backend and the gateway (uvicorn) as real processes on
+127.0.0.1. No timing is asserted: only that each figure is present and that
+no request failed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parent.parent
+WORKLOADS = ("nonstream_store_false", "nonstream_store_true", "stream_8", "stream_256", "cache_hit",
+             "chain_depth_1", "chain_depth_10", "chain_depth_100")
+SIDE_FIGURES = (("cpu_ms_per_request",), ("latency_ms", "p50"), ("latency_ms", "p99"))
+STREAM_FIGURES = (("ttft_ms", "p50"), ("ttft_ms", "p99"), ("gap_ms", "p50"), ("gap_ms", "p99"))
+
+
+def _get(data, path):
+    for step in path:
+        assert isinstance(data, dict) and step in data, f"missing {'.'.join(path)}"
+        data = data[step]
+    return data
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    """The JSON report of one ``python -m bench --tiny`` run."""
+    out = tmp_path_factory.mktemp("bench") / "report.json"
+    run = subprocess.run([sys.executable, "-m", "bench", "--tiny", "--quiet", "--tput-seconds", "0.1",
+                          "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.exists(), f"no report (exit {run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    data = json.loads(out.read_text())
+    data["_exit"] = run.returncode
+    return data
+
+
+def test_no_errors(report):
+    assert report["errors"]["total"] == 0, report["errors"]
+    assert report["_exit"] == 0
+
+
+def test_every_workload_has_its_figures(report):
+    for key in WORKLOADS:
+        w = report["workloads"][key]
+        for side in ("gateway", "direct"):
+            assert w[side]["requests"] > 0
+            for path in SIDE_FIGURES + (STREAM_FIGURES if w["stream"] else ()):
+                assert _get(w[side], path) is not None, f"{key}.{side}.{'.'.join(path)}"
+        for path in (("latency_ms", "p50"), ("latency_ms", "p99")) + (STREAM_FIGURES if w["stream"] else ()):
+            assert _get(w["added"], path) is not None, f"{key}.added.{'.'.join(path)}"
+        assert w["upstream"]["connections_per_request"] is not None
+        for c in (f"c{n}" for n in report["sizes"]["concurrencies"]):
+            for side in ("gateway", "direct"):
+                assert _get(w["throughput"], (c, side, "requests_per_s")) is not None, f"{key}.{c}.{side}"
+        assert _get(w["throughput"], ("gateway_rss_mb", "peak")) is not None
+
+
+def test_memory_figures(report):
+    streams = report["streams_open"]
+    assert streams["completed"] == streams["streams"] > 0
+    for key in ("rss_before_mb", "rss_all_open_mb", "peak_rss_mb"):
+        assert streams[key] is not None, key
+    flat = report["rss_flatness"]
+    assert flat["start_mb"] and flat["end_mb"] and flat["change_pct"] is not None
+    assert report["gateway_rss_mb"]["after_throughput"]["peak_during_throughput"] is not None
+
+
+def test_every_target_is_judged(report):
+    keys = {t["key"] for t in report["targets"]}
+    assert {"cpu_nonstream_store_true", "cpu_nonstream_store_false", "cpu_stream_short", "cpu_per_extra_chunk",
+            "added_p50_store_false", "added_p99_store_false", "chain_cpu_ratio", "peak_rss_streams",
+            "rss_flatness", "cpu_cache_hit"} <= keys
+    for target in report["targets"]:
+        assert target["value"] is not None, target["key"]
+        assert target["pass"] in (True, False), target["key"]
