@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -334,15 +333,17 @@ def _normalize_usage(chunk: dict) -> dict:
 
 
 class ChatStream:
-    """An open Chat Completions stream: async-iterates chunks as plain dicts.
+    """An open Chat Completions stream (an SSE ``httpx2.Response``): async-iterates
+    its chunks as plain dicts.
 
-    Raises :class:`BackendStreamError` when the stream breaks or ends without
-    ``[DONE]``. :meth:`aclose` releases the connection; call it whatever happens.
+    Raises :class:`BackendStreamError` when the stream breaks, carries an error,
+    or ends without ``[DONE]``. :meth:`aclose` releases the connection; call it
+    whatever happens.
     """
 
-    def __init__(self, stack: AsyncExitStack, lines: Any):
-        self._stack = stack
-        self._lines = lines
+    def __init__(self, response: httpx2.Response):
+        self._response = response
+        self._lines = response.aiter_lines().__aiter__()
         self._closed = False
 
     def __aiter__(self) -> "ChatStream":
@@ -373,20 +374,15 @@ class ChatStream:
                 await self.aclose()
                 raise BackendStreamError("the stream ended before it was complete") from None
             raise
-        except (httpx.HTTPError, httpx2.HTTPError, openai.APIError, OSError, orjson.JSONDecodeError) as exc:
+        except (httpx2.HTTPError, OSError, orjson.JSONDecodeError) as exc:
             await self.aclose()
             raise BackendStreamError(f"{type(exc).__name__}: {exc}") from exc
-        except Exception as exc:
-            if type(exc).__module__.startswith(("httpx", "httpcore")):  # their transport errors
-                await self.aclose()
-                raise BackendStreamError(f"{type(exc).__name__}: {exc}") from exc
-            raise
 
     async def aclose(self) -> None:
         """Close the upstream response (idempotent)."""
         if not self._closed:
             self._closed = True
-            await self._stack.aclose()
+            await self._response.aclose()
 
 
 _STREAM_OPTIONS = {"headers": {"X-Stainless-Raw-Response": "stream"}}
@@ -400,9 +396,7 @@ async def _call_chat(client: openai.AsyncOpenAI, params: dict) -> dict | ChatStr
     if params.get("stream"):
         response = await client.post("/chat/completions", content=body, cast_to=httpx2.Response,
                                      options=_STREAM_OPTIONS)
-        stack = AsyncExitStack()
-        stack.push_async_callback(response.aclose)
-        return ChatStream(stack, response.aiter_lines().__aiter__())
+        return ChatStream(response)
     response = await client.post("/chat/completions", content=body, cast_to=httpx2.Response)
     completion = orjson.loads(response.content)
     return _normalize_usage(completion) if "usage" in completion else completion

@@ -58,6 +58,10 @@ def _owner(request: Request) -> str | None:
     return getattr(request.state, "owner", None)
 
 
+def _bad_input(exc: InvalidInput) -> APIError:
+    return APIError(400, exc.message, param=exc.param, code=exc.code)
+
+
 def _not_found(response_id: str) -> APIError:
     return APIError(404, f"No response found with id '{response_id}'.", param="response_id",
                     code="response_not_found")
@@ -79,7 +83,7 @@ async def _parse_body(request: Request) -> dict:
     try:
         return validate_create_body(data, settings.max_input_items)
     except InvalidInput as exc:
-        raise APIError(400, exc.message, param=exc.param, code=exc.code) from None
+        raise _bad_input(exc) from None
 
 
 async def _resolve_references(store: ResponseStore, items: list[dict], owner: str | None) -> list[dict]:
@@ -98,7 +102,7 @@ async def _prepare_turn(request: Request, body: dict) -> Turn:
     try:
         input_items = normalize_input_items(body.get("input"))
     except InvalidInput as exc:
-        raise APIError(400, exc.message, param=exc.param, code=exc.code) from None
+        raise _bad_input(exc) from None
     input_items = await _resolve_references(store, input_items, owner)
     history: list[dict] = []
     previous = body.get("previous_response_id")
@@ -112,7 +116,7 @@ async def _prepare_turn(request: Request, body: dict) -> Turn:
     try:
         turn.messages  # translate now, so bad input is a 400 before any backend is asked
     except InvalidInput as exc:
-        raise APIError(400, exc.message, param=exc.param, code=exc.code) from None
+        raise _bad_input(exc) from None
     return turn
 
 
@@ -129,7 +133,6 @@ async def open_upstream(turn: Turn) -> Upstream:
             endpoint, model = await choose_endpoint(turn.model, excluded)
         else:
             endpoint, model = await choose_endpoint(turn.model)
-        native = False
         try:
             client = _make_openai_client(endpoint)
             native = is_ext_openai_endpoint(endpoint)
@@ -142,11 +145,11 @@ async def open_upstream(turn: Turn) -> Upstream:
                 result = await create_chat_with_retries(client, params)
         except InvalidInput as exc:
             await decrement_usage(endpoint, model)
-            raise APIError(400, exc.message, param=exc.param, code=exc.code) from None
+            raise _bad_input(exc) from None
         except BackendUnavailable as exc:
             await decrement_usage(endpoint, model)
             BACKEND_ERRORS.labels(endpoint, "unavailable").inc()
-            _mark_unreachable(endpoint, exc.message)
+            get_registry().mark_unreachable(endpoint, exc.message)
             excluded.add(endpoint)
             continue
         except BaseException as exc:
@@ -160,13 +163,6 @@ async def open_upstream(turn: Turn) -> Upstream:
 
 async def _release(endpoint: str, model: str) -> None:
     await decrement_usage(endpoint, model)
-
-
-def _mark_unreachable(endpoint: str, detail: str) -> None:
-    try:
-        get_registry().mark_unreachable(endpoint, detail)
-    except RuntimeError:
-        pass
 
 
 def _cache_options(turn: Turn) -> dict:
