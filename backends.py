@@ -33,6 +33,15 @@ __all__ = [
 log = logging.getLogger("nomyo_router.backends")
 
 
+#: Seconds an idle upstream connection is kept: under the 5 s after which uvicorn,
+#: llama.cpp's server and many others close idle connections, so a pooled
+#: connection is not reused just as the server closes it.
+KEEPALIVE_EXPIRY = 4.0
+#: Attempts at a call whose connection failed before any answer (each failed attempt
+#: discards its connection, so the next one takes a fresh or another pooled one).
+CONNECT_ATTEMPTS = 3
+
+
 class BackendUnavailable(APIError):
     """The endpoint could not be reached before any byte was exchanged (502)."""
 
@@ -265,7 +274,8 @@ class Registry:
                 base_url=base, api_key=key, max_retries=0,
                 timeout=openai.Timeout(self.settings.request_timeout, connect=self.settings.connect_timeout),
                 http_client=openai.DefaultAsyncHttpxClient(limits=httpx2.Limits(
-                    max_connections=max(1000, keepalive), max_keepalive_connections=keepalive)))
+                    max_connections=max(1000, keepalive), max_keepalive_connections=keepalive,
+                    keepalive_expiry=KEEPALIVE_EXPIRY)))
             self._clients[endpoint] = client
         return client
 
@@ -402,6 +412,12 @@ async def _call_chat(client: openai.AsyncOpenAI, params: dict) -> dict | ChatStr
     return _normalize_usage(completion) if "usage" in completion else completion
 
 
+def _cause(exc: openai.APIConnectionError) -> str:
+    """What went wrong underneath the SDK's connection error, named by its type."""
+    cause = exc.__cause__ or exc
+    return f"{type(cause).__name__}: {cause}".rstrip(": ")
+
+
 def _strip_images(messages: list[dict]) -> list[dict]:
     out = []
     for msg in messages:
@@ -435,23 +451,23 @@ async def create_chat_with_retries(client: openai.AsyncOpenAI, params: dict) -> 
 
     ``params`` is the request body (``messages``, ``model``, ``stream``...).
     Returns the completion as a plain dict, or a :class:`ChatStream` of chunk
-    dicts when ``params["stream"]``. Retries once after a connection failure
-    before any byte (a stale keep-alive connection), and again without tools or
+    dicts when ``params["stream"]``. Retries a connection that failed before any
+    answer (up to :data:`CONNECT_ATTEMPTS` in all), and again without tools or
     without images when the backend rejects them for this model (logged).
     Raises :class:`BackendUnavailable` (502), :class:`BackendTimeout` (504) or
     :class:`APIError` with the upstream's own status and message.
     """
-    connect_retry = True
+    connect_attempts = CONNECT_ATTEMPTS
     while True:
         try:
             return await _call_chat(client, params)
         except openai.APITimeoutError as exc:
             raise BackendTimeout(str(exc)) from exc
         except openai.APIConnectionError as exc:
-            if connect_retry:
-                connect_retry = False
+            connect_attempts -= 1
+            if connect_attempts > 0:
                 continue
-            raise BackendUnavailable(str(client.base_url), str(exc.__cause__ or exc)) from exc
+            raise BackendUnavailable(str(client.base_url), _cause(exc)) from exc
         except openai.APIStatusError as exc:
             message = _error_message(exc)
             lowered = message.lower()
@@ -496,6 +512,6 @@ async def create_native_response(client: openai.AsyncOpenAI, params: dict) -> An
     except openai.APITimeoutError as exc:
         raise BackendTimeout(str(exc)) from exc
     except openai.APIConnectionError as exc:
-        raise BackendUnavailable(str(client.base_url), str(exc.__cause__ or exc)) from exc
+        raise BackendUnavailable(str(client.base_url), _cause(exc)) from exc
     except openai.APIStatusError as exc:
         raise upstream_status_error(exc) from exc

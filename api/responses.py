@@ -128,9 +128,15 @@ async def open_upstream(turn: Turn) -> Upstream:
     upstream's own 4xx/5xx).
     """
     excluded: set[str] = set()
+    unavailable: BackendUnavailable | None = None
     while True:
         if excluded:
-            endpoint, model = await choose_endpoint(turn.model, excluded)
+            try:
+                endpoint, model = await choose_endpoint(turn.model, excluded)
+            except APIError as exc:
+                if exc.code == "backend_unavailable" and unavailable is not None:
+                    raise unavailable from None  # the last endpoint's own failure says more
+                raise
         else:
             endpoint, model = await choose_endpoint(turn.model)
         try:
@@ -151,6 +157,7 @@ async def open_upstream(turn: Turn) -> Upstream:
             BACKEND_ERRORS.labels(endpoint, "unavailable").inc()
             get_registry().mark_unreachable(endpoint, exc.message)
             excluded.add(endpoint)
+            unavailable = exc
             continue
         except BaseException as exc:
             await decrement_usage(endpoint, model)

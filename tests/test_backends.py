@@ -201,6 +201,7 @@ async def test_connection_refused_is_backend_unavailable():
         await create_chat_with_retries(registry.client(url),
                                        {"model": "m", "messages": [{"role": "user", "content": "x"}]})
     assert info.value.status == 502 and info.value.code == "backend_unavailable"
+    assert "ConnectError" in info.value.message  # the cause is named
     await registry.close()
 
 

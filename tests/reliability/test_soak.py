@@ -81,7 +81,9 @@ async def _conversation(http: httpx.AsyncClient, soak: Soak, i: int, rng: random
 
 
 async def test_soak_chained_conversations(tmp_path):
-    with OllamaTestServer(models=["tiny:latest"], loaded=["tiny:latest"]) as server:
+    # Each answer waits 50 ms at the backend, so the conversations overlap there
+    # however fast or loaded the machine is.
+    with OllamaTestServer(models=["tiny:latest"], loaded=["tiny:latest"], first_byte_delay=0.05) as server:
         proc = GatewayProcess(tmp_path, endpoints=[server.url], max_concurrent_connections=512).start()
         soak = Soak()
         rng = random.Random(5)
