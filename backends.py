@@ -462,12 +462,12 @@ async def create_chat_with_retries(client: openai.AsyncOpenAI, params: dict) -> 
         try:
             return await _call_chat(client, params)
         except openai.APITimeoutError as exc:
-            raise BackendTimeout(str(exc)) from exc
+            raise backend_error(client, exc) from exc
         except openai.APIConnectionError as exc:
             connect_attempts -= 1
             if connect_attempts > 0:
                 continue
-            raise BackendUnavailable(str(client.base_url), _cause(exc)) from exc
+            raise backend_error(client, exc) from exc
         except openai.APIStatusError as exc:
             message = _error_message(exc)
             lowered = message.lower()
@@ -482,7 +482,7 @@ async def create_chat_with_retries(client: openai.AsyncOpenAI, params: dict) -> 
                             params.get("model"))
                 params = {**params, "messages": _strip_images(params["messages"])}
                 continue
-            raise upstream_status_error(exc) from exc
+            raise backend_error(client, exc) from exc
 
 
 def _error_fields(exc: openai.APIStatusError) -> dict:
@@ -491,8 +491,15 @@ def _error_fields(exc: openai.APIStatusError) -> dict:
     return err if isinstance(err, dict) else {}
 
 
-def upstream_status_error(exc: openai.APIStatusError) -> APIError:
-    """The upstream's own error, passed on with its status, message, type and code."""
+def backend_error(client: openai.AsyncOpenAI, exc: openai.APIError) -> APIError:
+    """The gateway's error for a failed upstream call: :class:`BackendTimeout`,
+    :class:`BackendUnavailable`, or the upstream's own status, message, type and code."""
+    if isinstance(exc, openai.APITimeoutError):
+        return BackendTimeout(str(exc))
+    if isinstance(exc, openai.APIConnectionError):
+        return BackendUnavailable(str(client.base_url), _cause(exc))
+    if not isinstance(exc, openai.APIStatusError):
+        return APIError(502, f"The backend's answer could not be used: {exc}.", code="bad_backend_answer")
     fields = _error_fields(exc)
     status = exc.status_code if 400 <= exc.status_code < 600 else 502
     code = fields.get("code")
@@ -509,9 +516,5 @@ async def create_native_response(client: openai.AsyncOpenAI, params: dict) -> An
     """
     try:
         return await client.responses.create(**params)
-    except openai.APITimeoutError as exc:
-        raise BackendTimeout(str(exc)) from exc
-    except openai.APIConnectionError as exc:
-        raise BackendUnavailable(str(client.base_url), _cause(exc)) from exc
-    except openai.APIStatusError as exc:
-        raise upstream_status_error(exc) from exc
+    except openai.APIError as exc:
+        raise backend_error(client, exc) from exc

@@ -10,7 +10,7 @@ helpers are looked up in this module's namespace at call time.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -180,8 +180,9 @@ def _cache_options(turn: Turn) -> dict:
     return options
 
 
-async def _cache_lookup(turn: Turn) -> tuple[Any, dict | None]:
-    """``(cache, cached Response object or None)``; cache is None when this request does not use it."""
+async def _cache_lookup(turn: Turn) -> tuple[Callable[[dict], Awaitable[None]] | None, dict | None]:
+    """``(write, cached Response object or None)``: ``write`` stores this request's
+    answer under the same key; both are None when the request does not use the cache."""
     if not (turn.body.get("nomyo") or {}).get("cache") or turn.background:
         return None, None
     cache = get_llm_cache()
@@ -191,19 +192,11 @@ async def _cache_lookup(turn: Turn) -> tuple[Any, dict | None]:
     args = (CACHE_ROUTE, turn.model, turn.messages)
     hit = await (cache.get_chat(*args, options) if options else cache.get_chat(*args))
     CACHE_LOOKUPS.labels("hit" if hit else "miss").inc()
-    return cache, (orjson.loads(hit) if hit else None)
-
-
-def _cache_writer(cache: Any, turn: Turn):
-    if cache is None:
-        return None
-    options = _cache_options(turn)
 
     async def write(response: dict) -> None:
         value = orjson.dumps(response)
-        args = (CACHE_ROUTE, turn.model, turn.messages, value)
-        await (cache.set_chat(*args, options) if options else cache.set_chat(*args))
-    return write
+        await (cache.set_chat(*args, value, options) if options else cache.set_chat(*args, value))
+    return write, (orjson.loads(hit) if hit else None)
 
 
 def _from_cache(turn: Turn, cached: dict) -> dict:
@@ -229,7 +222,7 @@ async def create_response(request: Request) -> Response:
     turn = await _prepare_turn(request, body)
     store = _store(request)
 
-    cache, cached = await _cache_lookup(turn)
+    cache_write, cached = await _cache_lookup(turn)
     if cached is not None:
         response = _from_cache(turn, cached)
         if turn.store:
@@ -252,7 +245,7 @@ async def create_response(request: Request) -> Response:
         try:
             if turn.store:
                 await save(store, turn, turn.response("in_progress", completed_at=None))
-            return ForegroundStream(store, turn, upstream, _cache_writer(cache, turn)).response()
+            return ForegroundStream(store, turn, upstream, cache_write).response()
         except BaseException:
             await upstream.close()
             raise
@@ -265,9 +258,8 @@ async def create_response(request: Request) -> Response:
         await upstream.close()
     if turn.store:
         await save(store, turn, response)
-    writer = _cache_writer(cache, turn)
-    if writer is not None and response["status"] == "completed":
-        await writer(response)
+    if cache_write is not None and response["status"] == "completed":
+        await cache_write(response)
     return _json(response)
 
 

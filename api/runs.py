@@ -203,28 +203,21 @@ class ForegroundStream:
     """A streamed (not background) turn: its SSE bytes, and the cleanup that must
     run however the stream ends (last event, upstream failure, client gone):
     close the upstream, give the usage slot back and, with ``store``, write the
-    final state (``cancelled`` when the client left early)."""
+    final state (``cancelled`` when the client left early). The response runs
+    the cleanup after the body, even when the body never started."""
 
     def __init__(self, store: ResponseStore, turn: Turn, upstream: Upstream,
                  on_final: Callable[[dict], Awaitable[None]] | None = None):
         self.store, self.turn, self.upstream, self.on_final = store, turn, upstream, on_final
         self.translator = make_translator(turn, upstream.native)
-        self._finished = False
 
     async def body(self) -> AsyncIterator[bytes]:
         """The SSE frames, one write per batch of events."""
-        try:
-            async for batch in event_batches(self.upstream, self.translator):
-                yield b"".join([sse_frame(e) for e in batch])
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.finish()
+        async for batch in event_batches(self.upstream, self.translator):
+            yield b"".join([sse_frame(e) for e in batch])
 
     async def finish(self) -> None:
-        """The cleanup; runs once."""
-        if self._finished:
-            return
-        self._finished = True
+        """The cleanup."""
         await self.upstream.close()
         final = interrupted(self.translator)
         if self.turn.store:  # an update, so a response deleted meanwhile stays deleted
