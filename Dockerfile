@@ -8,8 +8,9 @@ RUN useradd --create-home --uid 10001 nomyo
 COPY pyproject.toml ./
 RUN pip install --no-cache-dir .
 
-COPY router.py config.py errors.py metrics.py backends.py db.py cache.py config.yaml ./
+COPY router.py preflight.py config.py errors.py metrics.py backends.py db.py cache.py config.yaml ./
 COPY api ./api
+COPY engine ./engine
 COPY requests ./requests
 
 RUN mkdir -p /app/data && chown nomyo:nomyo /app/data

@@ -26,7 +26,7 @@ from errors import APIError
 
 __all__ = [
     "Endpoint", "Registry", "BackendUnavailable", "BackendTimeout", "BackendStreamError",
-    "init_backends", "get_registry", "choose_endpoint", "increment_usage", "decrement_usage",
+    "choose_endpoint", "decrement_usage",
     "is_ext_openai_endpoint", "_make_openai_client", "create_chat_with_retries", "create_native_response",
 ]
 
@@ -237,11 +237,6 @@ class Registry:
                     self._slot_freed.notify()  # pass a wake-up this waiter may have taken on
                     raise
 
-    def increment(self, endpoint: str, model: str) -> None:
-        """Take a usage slot without waiting (counted even past the limit)."""
-        key = (endpoint, model)
-        self.usage[key] = self.usage.get(key, 0) + 1
-
     async def release(self, endpoint: str, model: str) -> None:
         """Give a usage slot back and wake one waiter. Never goes below zero."""
         key = (endpoint, model)
@@ -280,50 +275,28 @@ class Registry:
         return client
 
 
-# ── module-level API (the names the HTTP layer imports) ────────────────────────
+# ── the backend functions a turn is run with (``engine.upstream.BackendCalls``) ──
 
-_registry: Registry | None = None
-
-
-def init_backends(settings: Settings) -> Registry:
-    """Create the process's registry from ``settings`` and make it current."""
-    global _registry
-    _registry = Registry(settings)
-    return _registry
-
-
-def get_registry() -> Registry:
-    """The current registry. Raises RuntimeError before :func:`init_backends`."""
-    if _registry is None:
-        raise RuntimeError("backends are not initialised")
-    return _registry
-
-
-async def choose_endpoint(model: str, exclude: tuple | set = ()) -> tuple[str, str]:
+async def choose_endpoint(registry: Registry, model: str, exclude: tuple | set = ()) -> tuple[str, str]:
     """``(endpoint, model name at endpoint)`` with one usage slot taken; see :meth:`Registry.choose`."""
-    return await get_registry().choose(model, exclude)
+    return await registry.choose(model, exclude)
 
 
-def increment_usage(endpoint: str, model: str) -> None:
-    """Take one usage slot of ``(endpoint, model)``."""
-    get_registry().increment(endpoint, model)
-
-
-async def decrement_usage(endpoint: str, model: str) -> None:
+async def decrement_usage(registry: Registry, endpoint: str, model: str) -> None:
     """Give one usage slot of ``(endpoint, model)`` back."""
-    await get_registry().release(endpoint, model)
+    await registry.release(endpoint, model)
 
 
-def is_ext_openai_endpoint(endpoint: str) -> bool:
+def is_ext_openai_endpoint(registry: Registry, endpoint: str) -> bool:
     """True when ``endpoint`` is OpenAI itself (or listed in ``native_responses_endpoints``):
     requests go to its ``/v1/responses`` natively instead of being translated."""
-    ep = get_registry().endpoints.get(endpoint)
+    ep = registry.endpoints.get(endpoint)
     return bool(ep and ep.native)
 
 
-def _make_openai_client(endpoint: str) -> openai.AsyncOpenAI:
+def _make_openai_client(registry: Registry, endpoint: str) -> openai.AsyncOpenAI:
     """The pooled ``openai.AsyncOpenAI`` of ``endpoint``, reused for the life of the process."""
-    return get_registry().client(endpoint)
+    return registry.client(endpoint)
 
 
 # ── Chat Completions calls ─────────────────────────────────────────────────────

@@ -3,8 +3,8 @@
 A key covers the route, the model, the full message list and every option
 that changes the answer; values are the serialized Response object (bytes).
 Two backends: a bounded in-memory LRU with TTL, and SQLite (aiosqlite) for a
-cache that survives restarts. ``get_llm_cache()`` gives the process's cache,
-or None when ``cache_enabled`` is false.
+cache that survives restarts. ``open_llm_cache(settings)`` makes the one the
+configuration asks for; the gateway keeps it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import orjson
 
 from config import Settings
 
-__all__ = ["MemoryCache", "SQLiteCache", "cache_key", "init_llm_cache", "get_llm_cache", "close_llm_cache"]
+__all__ = ["MemoryCache", "SQLiteCache", "LLMCache", "cache_key", "open_llm_cache", "get_llm_cache"]
 
 
 def cache_key(route: str, model: str, messages: list, options: dict | None = None) -> str:
@@ -117,29 +117,18 @@ class SQLiteCache:
             self.conn = None
 
 
-_cache: Any = None
+LLMCache = MemoryCache | SQLiteCache
 
 
-async def init_llm_cache(settings: Settings) -> MemoryCache | SQLiteCache | None:
-    """Create the process's cache from ``settings`` (None when ``cache_enabled`` is false)."""
-    global _cache
+async def open_llm_cache(settings: Settings) -> LLMCache | None:
+    """The cache ``settings`` ask for (None when ``cache_enabled`` is false); close it with ``close()``."""
     if not settings.cache_enabled:
-        _cache = None
-    elif settings.cache_backend == "sqlite":
-        _cache = await SQLiteCache(settings.cache_db_path, settings.cache_ttl, settings.cache_max_entries).open()
-    else:
-        _cache = MemoryCache(settings.cache_ttl, settings.cache_max_entries)
-    return _cache
+        return None
+    if settings.cache_backend == "sqlite":
+        return await SQLiteCache(settings.cache_db_path, settings.cache_ttl, settings.cache_max_entries).open()
+    return MemoryCache(settings.cache_ttl, settings.cache_max_entries)
 
 
-def get_llm_cache() -> MemoryCache | SQLiteCache | None:
-    """The process's cache, or None when caching is off."""
-    return _cache
-
-
-async def close_llm_cache() -> None:
-    """Close and forget the process's cache."""
-    global _cache
-    if _cache is not None:
-        await _cache.close()
-    _cache = None
+def get_llm_cache(gateway: Any) -> LLMCache | None:
+    """The LLM cache of ``gateway`` (its ``cache``), or None when caching is off."""
+    return gateway.cache

@@ -14,9 +14,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
-__all__ = ["ResponseStore", "SCHEMA_VERSION", "ACTIVE_STATUSES"]
-
-ACTIVE_STATUSES = ("queued", "in_progress")
+__all__ = ["ResponseStore", "SCHEMA_VERSION"]
 
 #: Schema migrations; entry ``n`` upgrades version ``n`` to ``n + 1``.
 MIGRATIONS: list[str] = [

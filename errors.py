@@ -1,11 +1,11 @@
-"""OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}}``."""
+"""OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}}``.
+
+The one error type every layer raises; the HTTP layer (``router``) renders it.
+"""
 
 from __future__ import annotations
 
-import orjson
-from starlette.responses import Response
-
-__all__ = ["APIError", "error_body", "error_response"]
+__all__ = ["APIError", "error_body"]
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
@@ -32,9 +32,3 @@ class APIError(Exception):
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
     """The JSON body of an OpenAI error."""
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
-
-
-def error_response(exc: APIError, headers: dict | None = None) -> Response:
-    """An HTTP response carrying ``exc``."""
-    return Response(orjson.dumps(error_body(exc.message, exc.type, exc.param, exc.code)),
-                    status_code=exc.status, media_type="application/json", headers=headers)

@@ -16,24 +16,26 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs
 
-import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+import preflight
 
-from api import health, responses
-from api.jobs import JobManager
-from backends import init_backends
-from cache import close_llm_cache, init_llm_cache
-from config import ConfigError, load_settings
-from db import ResponseStore
-from errors import APIError, error_body, error_response
-from metrics import REQUEST_SECONDS, REQUESTS, route_family, watch_in_flight
+preflight.ensure_own_requests_package()  # before anything that imports this project's `requests`
+
+import orjson  # noqa: E402
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+from starlette.responses import Response  # noqa: E402
+
+from api import health, responses  # noqa: E402
+from config import ConfigError, load_settings  # noqa: E402
+from db import ResponseStore  # noqa: E402
+from engine.gateway import Gateway, open_gateway  # noqa: E402
+from errors import APIError, error_body  # noqa: E402
+from metrics import REQUEST_SECONDS, REQUESTS, route_family  # noqa: E402
 
 log = logging.getLogger("nomyo_router")
 
-#: The response store of the running app (set at start-up).
+#: The response store of the running app (set at start-up; NOMYO Router's name for it).
 db: ResponseStore | None = None
 
 #: Paths answered without authentication (the liveness probe).
@@ -42,7 +44,7 @@ PUBLIC_PATHS = frozenset({"/health/live"})
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    """Open everything the gateway needs, and close it all at shut-down."""
+    """Open the gateway (``app.state.gateway``), and close it all at shut-down."""
     global db
     try:
         settings = load_settings()
@@ -50,28 +52,15 @@ async def lifespan(app: FastAPI):
         log.critical("%s", exc)
         raise SystemExit(f"nomyo-router: {exc}") from None
     db_path = os.environ.get("NOMYO_ROUTER_DB_PATH") or settings.db_path
-    store = await ResponseStore(db_path).open()
-    orphans = await store.fail_orphaned_responses()
-    if orphans:
-        log.warning("marked %d response(s) left unfinished by a previous process as failed", orphans)
-    registry = init_backends(settings)
-    watch_in_flight(lambda: dict(registry.usage))
-    await registry.start()
-    await init_llm_cache(settings)
-    jobs = JobManager(store, responses.open_upstream)
-    app.state.settings = settings
-    app.state.store = store
-    app.state.registry = registry
-    app.state.jobs = jobs
-    db = store
+    # The backend functions turns run with are api.responses' names, read at call time.
+    gateway: Gateway = await open_gateway(settings, db_path, calls=responses)
+    app.state.gateway = gateway
+    db = gateway.store
     try:
         yield
     finally:
-        await jobs.shutdown()
-        await registry.close()
-        await close_llm_cache()
-        await store.close()
         db = None
+        await gateway.close()
 
 
 def _owner_of(key: str) -> str:
@@ -118,7 +107,7 @@ class GatewayMiddleware:
         await self._guarded(scope, receive, measured_send)
 
     async def _guarded(self, scope: dict, receive: Any, send: Any) -> None:
-        settings = scope["app"].state.settings
+        settings = scope["app"].state.gateway.settings
         owner = None
         keys = settings.router_api_keys
         if keys and scope["path"] not in PUBLIC_PATHS:
@@ -162,6 +151,12 @@ async def _reply(send: Any, exc: APIError) -> None:
     await send({"type": "http.response.start", "status": exc.status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+def error_response(exc: APIError, headers: dict | None = None) -> Response:
+    """The HTTP response carrying ``exc`` in OpenAI's error shape."""
+    return Response(orjson.dumps(error_body(exc.message, exc.type, exc.param, exc.code)),
+                    status_code=exc.status, media_type="application/json", headers=headers)
 
 
 app = FastAPI(title="NOMYO Router", version="0.1.0", lifespan=lifespan)

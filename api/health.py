@@ -32,10 +32,11 @@ async def health(request: Request) -> Response:
     200 when the store answers and at least one endpoint is reachable, else 503;
     the body gives the detail per endpoint.
     """
-    registry = request.app.state.registry
+    gateway = request.app.state.gateway
+    registry = gateway.registry
     store_ok, store_error = True, None
     try:
-        await asyncio.wait_for(request.app.state.store.check(), 5)
+        await asyncio.wait_for(gateway.store.check(), 5)
     except Exception as exc:
         store_ok, store_error = False, f"{type(exc).__name__}: {exc}"
     await registry.refresh_all()
@@ -52,11 +53,11 @@ async def health(request: Request) -> Response:
 @router.get("/v1/usage")
 async def usage(request: Request) -> Response:
     """Requests in flight per endpoint and model (usage slots taken now)."""
-    registry = request.app.state.registry
+    gateway = request.app.state.gateway
     rows = [{"endpoint": endpoint, "model": model, "in_flight": count}
-            for (endpoint, model), count in sorted(registry.usage.items())]
+            for (endpoint, model), count in sorted(gateway.registry.usage.items())]
     return _json({"in_flight": sum(r["in_flight"] for r in rows), "usage": rows,
-                  "background_jobs": len(request.app.state.jobs.jobs)})
+                  "background_jobs": len(gateway.jobs.jobs)})
 
 
 @router.get("/metrics")

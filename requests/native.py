@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from requests.events import (TERMINAL_TYPES, Event, Sequencer, closing_events, error_event,
+                             response_event)
 from requests.responses import build_response_object, complete_usage, normalize_output_item
-from requests.stream import error_event
 
 __all__ = ["native_request", "native_input", "native_to_response", "NativeStreamTranslator"]
 
@@ -76,33 +77,33 @@ _TEXT_DELTAS = {"response.output_text.delta": ("output_text", "text"),
 
 
 class NativeStreamTranslator:
-    """Re-issue an upstream Responses event stream under the gateway's ids.
+    """Re-issue an upstream Responses event stream under the gateway's ids
+    (a :class:`requests.events.StreamTranslator`).
 
     Every ``response`` snapshot is rebuilt with :func:`native_to_response`;
-    items are normalized like the gateway's own; ``sequence_number`` is
-    renumbered from ``first_sequence_number``. ``final`` holds the terminal
-    Response once seen. With ``skip_created`` the upstream's
-    ``response.created`` is dropped (a background stream has sent its own).
-    Items still open when the stream breaks are closed by :meth:`fail`.
+    items are normalized like the gateway's own; ``sequence_number`` is given
+    anew by ``seq``. ``final`` holds the terminal Response once seen. Items still
+    open when the stream breaks are closed by :meth:`fail`.
     """
 
     def __init__(self, *, response_id: str, request: dict, created_at: int,
                  previous_response_id: str | None, store: bool, background: bool,
-                 first_sequence_number: int = 0, skip_created: bool = False):
+                 seq: Sequencer | None = None):
         self._meta = dict(response_id=response_id, request=request, created_at=created_at,
                           previous_response_id=previous_response_id, store=store, background=background)
-        self.seq = first_sequence_number
+        self.seq = seq or Sequencer()
         self.items: list[dict] = []
         self.final: dict | None = None
-        self._skip = ("response.created", "response.queued") if skip_created else ()
+        self._skip: tuple[str, ...] = ()
         self._open: dict[int, dict] = {}   # output_index -> {"item", "parts": {index: part}}
 
-    def _ev(self, event: dict) -> dict:
-        event["sequence_number"] = self.seq
-        self.seq += 1
-        return event
+    def opening(self, resumed: bool = False) -> list[Event]:
+        """Nothing: the upstream sends its own opening events. ``resumed`` (a background
+        stream that has sent its own ``created``/``queued``) drops the upstream's."""
+        self._skip = ("response.created", "response.queued") if resumed else ()
+        return []
 
-    def feed(self, event: dict) -> list[dict]:
+    def feed(self, event: dict) -> list[Event]:
         """Translate one upstream event (a plain dict)."""
         kind = event.get("type")
         if kind in self._skip:
@@ -110,7 +111,7 @@ class NativeStreamTranslator:
         event = dict(event)
         if isinstance(event.get("response"), dict):
             event["response"] = native_to_response(event["response"], **self._meta)
-            if kind in ("response.completed", "response.incomplete", "response.failed"):
+            if kind in TERMINAL_TYPES:
                 self.final = event["response"]
         elif kind == "response.output_item.added":
             event["item"] = normalize_output_item(event["item"], "in_progress")
@@ -121,7 +122,7 @@ class NativeStreamTranslator:
             self.items.append(event["item"])
         else:
             self._track(kind, event)
-        return [self._ev(event)]
+        return [self.seq(event)]
 
     def _track(self, kind: str, event: dict) -> None:
         """Remember the content of open items, to close them if the stream breaks."""
@@ -138,32 +139,15 @@ class NativeStreamTranslator:
             item = entry["item"]
             entry["item"] = {**item, "arguments": item.get("arguments", "") + event.get("delta", "")}
 
-    def _close_open_items(self) -> list[dict]:
-        events = []
+    def _close_open_items(self) -> list[Event]:
+        events: list[Event] = []
         for index in sorted(self._open):
             entry = self._open[index]
-            item, item_id = entry["item"], entry["item"].get("id")
-            if item.get("type") == "function_call":
-                events.append(self._ev({"type": "response.function_call_arguments.done", "item_id": item_id,
-                                        "output_index": index, "name": item.get("name"),
-                                        "arguments": item.get("arguments", "")}))
-            parts = [entry["parts"][i] for i in sorted(entry["parts"])]
-            for ci, part in zip(sorted(entry["parts"]), parts):
-                field = "refusal" if part.get("type") == "refusal" else "text"
-                done_type = {"output_text": "response.output_text.done", "refusal": "response.refusal.done",
-                             "reasoning_text": "response.reasoning_text.done"}.get(part.get("type"))
-                if done_type:
-                    done = {"type": done_type, "item_id": item_id, "output_index": index, "content_index": ci,
-                            field: part.get(field, "")}
-                    if part.get("type") == "output_text":
-                        done["logprobs"] = []
-                    events.append(self._ev(done))
-                events.append(self._ev({"type": "response.content_part.done", "item_id": item_id,
-                                        "output_index": index, "content_index": ci, "part": part}))
-            if parts:
-                item = {**item, "content": parts}
+            item = entry["item"]
+            if entry["parts"]:
+                item = {**item, "content": [entry["parts"][i] for i in sorted(entry["parts"])]}
             item = normalize_output_item({**item, "status": "incomplete"})
-            events.append(self._ev({"type": "response.output_item.done", "output_index": index, "item": item}))
+            events.extend(self.seq.all(closing_events(index, item)))
             self.items.append(item)
         self._open.clear()
         return events
@@ -173,9 +157,15 @@ class NativeStreamTranslator:
         upstream = {"status": status, "output": self.items, **fields}
         return native_to_response(upstream, **self._meta)
 
-    def fail(self, message: str, code: str = "server_error") -> list[dict]:
+    def finish(self) -> list[Event]:
+        """The upstream ended: nothing more when it sent its terminal event, else a failure."""
+        if self.final is not None:
+            return []
+        return self.fail("The backend stream ended without a terminal event.")
+
+    def fail(self, message: str, code: str = "server_error") -> list[Event]:
         """Close open items as incomplete, then ``error`` and ``response.failed``."""
         events = self._close_open_items()
         self.final = self.snapshot("failed", error={"code": code, "message": message})
-        return events + [self._ev(error_event(message, code)),
-                         self._ev({"type": "response.failed", "response": self.final})]
+        return events + [self.seq(error_event(message, code)),
+                         self.seq(response_event("response.failed", self.final))]

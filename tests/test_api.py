@@ -7,6 +7,8 @@ import socket
 
 import orjson
 import pytest
+
+import router
 from openai.types.responses import Response
 
 from tests.e2e.ollama_server import DEFAULT_TEXT, THINK_TEXT, OllamaTestServer
@@ -162,14 +164,13 @@ async def test_failover_to_a_reachable_endpoint(gateway_factory, ollama):
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
     async with gateway_factory(endpoints=[ollama.url], llama_server_endpoints=[dead],
                                connect_timeout=1) as http:
-        from backends import get_registry
-        dead_ep = get_registry().endpoints[dead]
+        dead_ep = router.app.state.gateway.registry.endpoints[dead]
         dead_ep.models = dead_ep.loaded = {"tiny"}                 # as if it had answered discovery
         dead_ep.reachable = True
-        get_registry().endpoints[ollama.url].loaded = set()       # so the dead one ranks first
+        router.app.state.gateway.registry.endpoints[ollama.url].loaded = set()       # so the dead one ranks first
         obj = await create(http, input="hi")
         assert obj["output_text"] == DEFAULT_TEXT
-        assert get_registry().endpoints[dead].reachable is False
+        assert router.app.state.gateway.registry.endpoints[dead].reachable is False
 
 
 async def test_backend_down_is_502(gateway_factory):
@@ -177,8 +178,7 @@ async def test_backend_down_is_502(gateway_factory):
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
     async with gateway_factory(llama_server_endpoints=[dead], connect_timeout=1) as http:
-        from backends import get_registry
-        get_registry().endpoints[dead].models = {"tiny"}
+        router.app.state.gateway.registry.endpoints[dead].models = {"tiny"}
         reply = await http.post("/v1/responses", json={"model": "tiny", "input": "hi"})
         assert reply.status_code == 502 and reply.json()["error"]["code"] == "backend_unavailable"
 

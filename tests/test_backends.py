@@ -127,22 +127,22 @@ async def test_release_never_goes_negative(ollama):
 
 
 async def test_one_pooled_client_per_endpoint(ollama, ollama_b):
-    registry = backends.init_backends(Settings(endpoints=[ollama.url, ollama_b.url]))
-    client = backends._make_openai_client(ollama.url)
-    assert client is backends._make_openai_client(ollama.url)
-    assert client is not backends._make_openai_client(ollama_b.url)
+    registry = Registry(Settings(endpoints=[ollama.url, ollama_b.url]))
+    client = backends._make_openai_client(registry, ollama.url)
+    assert client is backends._make_openai_client(registry, ollama.url)
+    assert client is not backends._make_openai_client(registry, ollama_b.url)
     assert str(client.base_url).rstrip("/") == f"{ollama.url}/v1"
     await registry.close()
 
 
 def test_native_endpoints():
-    registry = backends.init_backends(Settings(endpoints=["https://api.openai.com/v1", "http://o:11434",
+    registry = Registry(Settings(endpoints=["https://api.openai.com/v1", "http://o:11434",
                                                           "http://vllm:8000/v1"],
                                                native_responses_endpoints=["http://vllm:8000/v1"]))
-    assert backends.is_ext_openai_endpoint("https://api.openai.com/v1")
-    assert backends.is_ext_openai_endpoint("http://vllm:8000/v1")
-    assert not backends.is_ext_openai_endpoint("http://o:11434")
-    assert not backends.is_ext_openai_endpoint("http://unknown")
+    assert backends.is_ext_openai_endpoint(registry, "https://api.openai.com/v1")
+    assert backends.is_ext_openai_endpoint(registry, "http://vllm:8000/v1")
+    assert not backends.is_ext_openai_endpoint(registry, "http://o:11434")
+    assert not backends.is_ext_openai_endpoint(registry, "http://unknown")
     assert registry.endpoints["http://o:11434"].kind == "ollama"
 
 

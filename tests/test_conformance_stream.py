@@ -232,7 +232,7 @@ async def test_background_request_without_stream_can_be_streamed_later(client):
         queued = await create(client, {"model": MODEL, "input": "hi", "background": True})
         check_response(queued)
         assert queued["status"] == "queued" and queued["background"] is True and queued["completed_at"] is None
-        await router.app.state.jobs.wait(queued["id"])
+        await router.app.state.gateway.jobs.wait(queued["id"])
     stored = await retrieve(client, queued["id"])
     check_response(stored)
     assert stored["status"] == "completed" and stored["output_text"] == "Done in the background."
@@ -386,7 +386,7 @@ def test_any_chunk_stream_translates_to_a_conformant_stream(segments, all_index_
     opening = build_response_object(response_id=new_id("resp"), model=MODEL, output_items=[],
                                     status="in_progress", request={"model": MODEL})
     translator = ChatStreamTranslator(opening)
-    events = translator.start()
+    events = translator.opening()
     for c in chunks + ([chunk(finish_reason=ending)] if ending not in (None, "fail") else []):
         events += translator.feed(c)
     events += translator.feed(chunk(empty_choices=True, usage=chat_usage()))
@@ -412,7 +412,7 @@ def test_any_chunk_stream_translates_to_a_conformant_stream(segments, all_index_
 def _good_stream() -> list[dict]:
     translator = ChatStreamTranslator(build_response_object(
         response_id=new_id("resp"), model=MODEL, output_items=[], status="in_progress", request={"model": MODEL}))
-    events = translator.start()
+    events = translator.opening()
     for c in reasoning_then_text("reasoning_content") + two_tool_calls()[:3]:
         events += translator.feed(c)
     return events + translator.finish()

@@ -19,7 +19,9 @@ def test_image_copies_every_module_the_app_needs():
             copied.update(p.rstrip("/") for p in line.split()[1:-1])
     modules = {p.name for p in ROOT.glob("*.py")}
     assert modules <= copied, f"not copied into the image: {sorted(modules - copied)}"
-    assert {"api", "requests", "config.yaml", "pyproject.toml"} <= copied
+    app_packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "bench"}
+    assert app_packages <= copied, f"packages not copied into the image: {sorted(app_packages - copied)}"
+    assert {"api", "engine", "requests", "config.yaml", "pyproject.toml"} <= copied
 
 
 def test_image_runs_the_gateway_as_documented():

@@ -196,7 +196,7 @@ async def test_other_tenant_cannot_stream_a_running_background_stream(app_factor
             if (await http.get("/api/usage", headers=A)).json()["background_jobs"]:
                 break
             await asyncio.sleep(0.01)
-        rid = next(iter(router.app.state.jobs.jobs))    # the running job, its stream not yet read
+        rid = next(iter(router.app.state.gateway.jobs.jobs))    # the running job, its stream not yet read
         reply = await http.get(f"/v1/responses/{rid}", headers=B, params={"stream": "true"})
         assert_openai_error(reply, 404, "response_not_found")
         assert_openai_error(await http.post(f"/v1/responses/{rid}/cancel", headers=B), 404)

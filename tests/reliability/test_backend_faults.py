@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from backends import get_registry
+import router
+
 from tests.e2e.ollama_server import DEFAULT_TEXT, OllamaTestServer
 from tests.reliability.helpers import (assert_openai_error, metric, poll_status, sse, usage, wait_for,
                                        wait_idle)
@@ -34,8 +35,8 @@ async def _create(http, **body):
 async def test_refused_connection_fails_over_to_another_endpoint(app_factory, pair):
     a, b = pair
     async with app_factory(endpoints=[a.url, b.url], max_concurrent_connections=4, connect_timeout=1) as http:
-        dead = get_registry().endpoints[a.url]
-        assert dead.reachable and get_registry().endpoints[b.url].reachable
+        dead = router.app.state.gateway.registry.endpoints[a.url]
+        assert dead.reachable and router.app.state.gateway.registry.endpoints[b.url].reachable
         a.stop()
         errors_before = metric((await http.get("/metrics")).text, "nomyo_router_backend_errors_total",
                                endpoint=a.url, kind="unavailable")
@@ -165,7 +166,7 @@ async def test_upstream_status_is_passed_on(app_factory, ollama, status):
         assert failed["error"]["code"] == ("rate_limit_exceeded" if status == 429 else "server_error")
         assert f"status {status}" in failed["error"]["message"]
         assert ollama.requests_total == 4                      # no retries of a status error
-        assert get_registry().endpoints[ollama.url].reachable is True
+        assert router.app.state.gateway.registry.endpoints[ollama.url].reachable is True
         await wait_idle(http, ollama)
 
 

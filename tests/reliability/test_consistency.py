@@ -58,7 +58,7 @@ async def test_a_background_response_deleted_while_it_runs_stays_deleted(app_fac
 
 async def _job_id(http):
     if (await usage(http))["background_jobs"]:
-        return next(iter(router.app.state.jobs.jobs), None)
+        return next(iter(router.app.state.gateway.jobs.jobs), None)
     return None
 
 

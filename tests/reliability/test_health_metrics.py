@@ -62,7 +62,7 @@ async def test_health_is_503_when_the_store_fails(app_factory, ollama, monkeypat
     async with app_factory(endpoints=[ollama.url]) as http:
         async def broken():
             raise OSError("disk gone")
-        monkeypatch.setattr(router.app.state.store, "check", broken)
+        monkeypatch.setattr(router.app.state.gateway.store, "check", broken)
         reply = await http.get("/health")
         assert reply.status_code == 503
         assert reply.json()["store"] == {"ok": False, "error": "OSError: disk gone"}

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from requests.responses import (build_response_object, messages_to_responses_input, normalize_input_items,
                                 responses_input_to_messages)
-from requests.stream import TERMINAL_EVENTS, ChatStreamTranslator, response_to_events
+from requests.events import TERMINAL_TYPES, Sequencer
+from requests.stream import ChatStreamTranslator, response_to_events
 
 SETTINGS = settings(max_examples=300, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -217,8 +218,8 @@ def _in_progress() -> dict:
 @SETTINGS
 @given(st.lists(chunks, max_size=25), st.sampled_from(["finish", "fail"]), st.integers(0, 5), st.booleans())
 def test_stream_translator_events_are_consistent(chunk_list, ending, first, resumed):
-    translator = ChatStreamTranslator(_in_progress(), first)
-    events = [translator.in_progress()] if resumed else translator.start()
+    translator = ChatStreamTranslator(_in_progress(), Sequencer(first))
+    events = translator.opening(resumed)
     for chunk in chunk_list:
         events += translator.feed(chunk)
     events += translator.finish() if ending == "finish" else translator.fail("backend broke", "server_error")
@@ -226,7 +227,7 @@ def test_stream_translator_events_are_consistent(chunk_list, ending, first, resu
         orjson.dumps(event)
 
     assert [e["sequence_number"] for e in events] == list(range(first, first + len(events)))
-    terminal = [i for i, e in enumerate(events) if e["type"] in TERMINAL_EVENTS]
+    terminal = [i for i, e in enumerate(events) if e["type"] in TERMINAL_TYPES]
     assert terminal == [len(events) - 1]
     final = events[-1]["response"]
     assert final == translator.final
@@ -291,7 +292,7 @@ def test_replayed_events_rebuild_the_response(items, status, queued):
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     assert [e["type"] for e in events[:2]] == ["response.created",
                                               "response.queued" if queued else "response.in_progress"]
-    terminal = [i for i, e in enumerate(events) if e["type"] in TERMINAL_EVENTS]
+    terminal = [i for i, e in enumerate(events) if e["type"] in TERMINAL_TYPES]
     assert terminal == [len(events) - 1] and events[-1]["response"] == response
     expected = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(status, "response.failed")
     assert events[-1]["type"] == expected

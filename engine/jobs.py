@@ -1,0 +1,137 @@
+"""Background responses (``background: true``): turns run by a task of this process.
+
+A job's row is stored ``queued`` before its id is returned, moves to
+``in_progress`` when the task starts, and ends as its :class:`TurnRun` settles
+(``completed``, ``incomplete``, ``failed`` or ``cancelled``). A streamed job
+publishes its events to followers (the creating request and ``GET
+...?stream=true``) and stores them when done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, AsyncIterator
+
+from engine.runner import TurnRun, save
+from engine.turn import Turn
+from requests.events import Event, Sequencer, response_event
+
+if TYPE_CHECKING:
+    from engine.gateway import Gateway
+
+__all__ = ["Job", "JobManager"]
+
+log = logging.getLogger("nomyo_router.jobs")
+
+
+class Job:
+    """One running background response (``queued``: its Response object as first stored)
+    and the events it has published."""
+
+    def __init__(self, run: TurnRun, queued: dict):
+        self.run = run
+        self.turn = run.turn
+        self.queued = queued
+        self.events: list[Event] = []
+        self.done = False
+        self.task: asyncio.Task | None = None
+        self._changed = asyncio.Event()
+
+    def publish(self, events: list[Event]) -> None:
+        """Append events and wake every follower."""
+        self.events.extend(events)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def finish(self) -> None:
+        """Mark the job done and wake every follower."""
+        self.done = True
+        self.publish([])
+
+    async def follow(self, after: int = -1) -> AsyncIterator[list[Event]]:
+        """Yield batches of events with ``sequence_number > after`` until the job is done."""
+        index = after + 1
+        while True:
+            changed = self._changed
+            if index < len(self.events):
+                batch = self.events[index:]
+                index = len(self.events)
+                yield batch
+                continue
+            if self.done:
+                return
+            await changed.wait()
+
+
+class JobManager:
+    """Starts, tracks and cancels the background jobs of one gateway."""
+
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+        self.jobs: dict[str, Job] = {}
+
+    async def submit(self, turn: Turn) -> Job:
+        """Store ``turn`` as ``queued`` and run it in the background."""
+        queued = turn.response("queued", completed_at=None)
+        await save(self.gateway, turn, queued)
+        seq = Sequencer()
+        run = TurnRun(self.gateway, turn, seq=seq, resumed=True)
+        run.row_written = True
+        job = Job(run, queued)
+        if turn.stream:
+            job.publish(seq.all([response_event("response.created", queued),
+                                 response_event("response.queued", queued)]))
+        job.task = asyncio.create_task(self._run(job), name=f"background {turn.id}")
+        self.jobs[turn.id] = job
+        return job
+
+    async def _run(self, job: Job) -> None:
+        run, turn, store = job.run, job.turn, self.gateway.store
+        try:
+            await store.update_response(turn.id, turn.response("in_progress", completed_at=None))
+            if turn.stream:
+                async for batch in run.events():
+                    job.publish(batch)
+            else:
+                await run.answer()
+        except asyncio.CancelledError as exc:
+            closing = await run.settle(exc)
+            if turn.stream:
+                job.publish(closing)
+        except Exception as exc:  # recorded as failed by the run
+            await run.settle(exc)
+        finally:
+            try:
+                if turn.stream:
+                    await store.append_events(turn.id, job.events)
+            finally:
+                job.finish()
+                self.jobs.pop(turn.id, None)
+
+    async def cancel(self, response_id: str) -> bool:
+        """Cancel a running job and wait until its final state is stored.
+        Returns False when no job of that id runs here."""
+        job = self.jobs.get(response_id)
+        if job is None or job.task is None:
+            return False
+        job.task.cancel()
+        await asyncio.wait([job.task])
+        return True
+
+    async def wait(self, response_id: str) -> None:
+        """Wait until the job of ``response_id`` (if any) has finished."""
+        job = self.jobs.get(response_id)
+        if job is not None and job.task is not None:
+            await asyncio.wait([job.task])
+
+    async def shutdown(self) -> None:
+        """Stop every job; their responses are stored as failed."""
+        tasks = []
+        for job in self.jobs.values():
+            job.run.stopping = "shutdown"
+            if job.task is not None:
+                job.task.cancel()
+                tasks.append(job.task)
+        if tasks:
+            await asyncio.wait(tasks)

@@ -1,0 +1,253 @@
+"""The turn runner: runs one turn to its end and decides its final state, in one place.
+
+A :class:`TurnRun` serves every way a turn is run: foreground (:meth:`answer`),
+streamed (:meth:`events`), background and background-streamed (the same two,
+driven by ``engine.jobs``). Whoever follows a run (the SSE response, a job's
+followers) only relays what it yields. However the run ends (its last event,
+an upstream failure, a cancel, a follower gone, the gateway stopping),
+:meth:`settle` closes the upstream, gives the usage slot back, decides the final
+Response object (``completed``, ``incomplete``, ``failed`` or ``cancelled``),
+records it in the store and the LLM cache, and does so exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
+
+import orjson
+
+from engine.turn import Turn
+from engine.upstream import ChatChunks, Completion, NativeEvents, NativeResponse, Upstream, open_upstream
+from errors import APIError
+from metrics import CACHE_LOOKUPS
+from requests.common import new_id, plain
+from requests.events import Event, Sequencer, StreamTranslator, response_event
+from requests.native import NativeStreamTranslator, native_to_response
+from requests.responses import chat_message_to_output_items, usage_chat_to_responses
+from requests.stream import INCOMPLETE_REASONS, ChatStreamTranslator
+
+if TYPE_CHECKING:
+    from engine.gateway import Gateway
+
+__all__ = ["TurnRun", "save", "CACHE_ROUTE"]
+
+log = logging.getLogger("nomyo_router.runner")
+
+#: The route name the LLM cache is asked with (NOMYO Router's).
+CACHE_ROUTE = "openai_responses"
+#: Create-body fields that change a model's answer, and so belong in a cache key.
+_ANSWER_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "temperature", "top_p", "presence_penalty",
+                  "frequency_penalty", "max_output_tokens", "max_tool_calls", "top_logprobs", "text",
+                  "reasoning", "truncation")
+_ID_PREFIXES = {"message": "msg", "function_call": "fc", "reasoning": "rs"}
+_CANCELLED = (asyncio.CancelledError, GeneratorExit)
+
+
+async def save(gateway: Gateway, turn: Turn, response: dict) -> None:
+    """Write ``turn``'s row with ``response`` (one statement; insert or replace)."""
+    await gateway.store.store_response(
+        turn.id, previous_response_id=turn.previous_response_id, model=turn.model, status=response["status"],
+        created_at=turn.created_at, input_messages=turn.input_items, response=response, owner=turn.owner,
+        request=turn.body if turn.background else None, background=turn.background)
+
+
+def completion_to_response(turn: Turn, completion: dict) -> dict:
+    """The Response object of a whole Chat Completions answer."""
+    choice = plain((completion.get("choices") or [{}])[0])
+    items = chat_message_to_output_items(plain(choice.get("message") or {}))
+    usage = usage_chat_to_responses(plain(completion.get("usage")))
+    reason = INCOMPLETE_REASONS.get(choice.get("finish_reason") or "")
+    if reason:
+        if items:  # the item the limit cut short
+            items[-1] = {**items[-1], "status": "incomplete"}
+        return turn.response("incomplete", items, usage=usage, incomplete_details={"reason": reason})
+    return turn.response("completed", items, usage=usage)
+
+
+def _failure_code(exc: APIError) -> str:
+    return "rate_limit_exceeded" if exc.status == 429 else "server_error"
+
+
+class TurnRun:
+    """One turn, run to its end.
+
+    ``seq`` stamps this run's events (a background stream passes the one that
+    stamped its ``created``/``queued`` events, with ``resumed``). ``row_written``
+    says the turn's row is in the store already (queued or in progress), so the
+    final state updates it; otherwise only an answer is inserted. ``stopping``
+    names why a cancellation came (``"shutdown"``: the gateway is stopping).
+    """
+
+    def __init__(self, gateway: Gateway, turn: Turn, *, seq: Sequencer | None = None, resumed: bool = False):
+        self.gateway, self.turn = gateway, turn
+        self.seq = seq or Sequencer()
+        self.resumed = resumed
+        self.upstream: Upstream | None = None
+        self.translator: StreamTranslator | None = None
+        self.answered: dict | None = None
+        self.final: dict | None = None
+        self.closing: list[Event] = []
+        self.row_written = False
+        self.stopping: str | None = None
+        self._cache_write: Callable[[dict], Awaitable[None]] | None = None
+
+    # ── the cache ─────────────────────────────────────────────────────────────
+    def _cache_options(self) -> dict:
+        """The key's options: what changes the answer, and the tenant (answers are never shared)."""
+        body = self.turn.body
+        options = {key: body[key] for key in _ANSWER_FIELDS if body.get(key) is not None}
+        if self.turn.owner is not None:
+            options["owner"] = self.turn.owner
+        return options
+
+    def _cache_messages(self) -> list:
+        try:
+            return self.turn.messages
+        except ValueError:  # what only a native endpoint can take is keyed by its items
+            return [{"instructions": self.turn.body.get("instructions")}, *self.turn.items]
+
+    async def from_cache(self) -> dict | None:
+        """The cached answer of this turn as its own Response object (recorded when
+        ``store``), or None. Only for requests with ``"nomyo": {"cache": true}``, never
+        background ones; a miss remembers the key so a completed answer is cached."""
+        turn = self.turn
+        if not (turn.body.get("nomyo") or {}).get("cache") or turn.background:
+            return None
+        cache = self.gateway.calls.get_llm_cache(self.gateway)
+        if cache is None:
+            return None
+        options = self._cache_options()
+        args = (CACHE_ROUTE, turn.model, self._cache_messages())
+        hit = await (cache.get_chat(*args, options) if options else cache.get_chat(*args))
+        CACHE_LOOKUPS.labels("hit" if hit else "miss").inc()
+        if not hit:
+            async def write(response: dict) -> None:
+                value = orjson.dumps(response)
+                await (cache.set_chat(*args, value, options) if options else cache.set_chat(*args, value))
+            self._cache_write = write
+            return None
+        cached = orjson.loads(hit)
+        items = [{**item, "id": new_id(_ID_PREFIXES.get(item.get("type"), "item"))}
+                 for item in cached.get("output") or []]
+        response = turn.response("completed", items, usage=cached.get("usage"))
+        if turn.store:
+            await save(self.gateway, turn, response)
+        return response
+
+    # ── running ───────────────────────────────────────────────────────────────
+    async def open(self) -> None:
+        """Choose an endpoint and send the turn (see :func:`engine.upstream.open_upstream`).
+        Raises its APIError; nothing is held then."""
+        self.upstream = await open_upstream(self.turn, self.gateway.calls, self.gateway.registry)
+
+    async def begin_stream(self) -> None:
+        """Record a foreground stream as ``in_progress`` before its first event (with ``store``)."""
+        if self.turn.store:
+            await save(self.gateway, self.turn, self.turn.response("in_progress", completed_at=None))
+            self.row_written = True
+
+    async def answer(self) -> dict:
+        """Run a non-streamed turn; return its final Response object (recorded).
+        Raises what opening the upstream raised (the turn is then recorded as failed
+        only where its row exists: a background turn)."""
+        error: BaseException | None = None
+        try:
+            if self.upstream is None:
+                await self.open()
+            result = self.upstream.result
+            if isinstance(result, NativeResponse):
+                self.answered = native_to_response(result.data, **self.turn.native_meta())
+            elif isinstance(result, Completion):
+                self.answered = completion_to_response(self.turn, result.data)
+            else:
+                raise TypeError(f"a streamed upstream answer ({type(result).__name__}) for a whole turn")
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            await self.settle(error)
+        return self.final
+
+    def _translator(self) -> StreamTranslator:
+        if isinstance(self.upstream.result, NativeEvents):
+            return NativeStreamTranslator(**self.turn.native_meta(), seq=self.seq)
+        if isinstance(self.upstream.result, ChatChunks):
+            return ChatStreamTranslator(self.turn.response("in_progress", completed_at=None), self.seq)
+        raise TypeError(f"a whole upstream answer ({type(self.upstream.result).__name__}) for a streamed turn")
+
+    async def events(self) -> AsyncIterator[list[Event]]:
+        """Run a streamed turn: yield batches of stamped events ending in exactly one
+        terminal event (``error`` + ``response.failed`` when the upstream fails).
+        Closing the generator early (a follower gone) or cancelling it settles the
+        run as ``cancelled``."""
+        error: Exception | None = None
+        try:
+            if self.upstream is None:
+                await self.open()
+            translator = self.translator = self._translator()
+            opening = translator.opening(self.resumed)
+            if opening:
+                yield opening
+            async for chunk in self.upstream.result.stream:
+                batch = translator.feed(plain(chunk))
+                if batch:
+                    yield batch
+            yield translator.finish()
+        except Exception as exc:
+            error = exc
+        except BaseException as exc:
+            await self.settle(exc)
+            raise
+        closing = await self.settle(error)
+        if closing:
+            yield closing
+
+    # ── the end ───────────────────────────────────────────────────────────────
+    def _decide(self, error: BaseException | None) -> tuple[dict, list[Event]]:
+        """The final Response object and the events still to send: decided here only."""
+        turn, translator = self.turn, self.translator
+        if translator is not None and translator.final is not None:
+            return translator.final, []
+        if self.answered is not None:
+            return self.answered, []
+        if error is None or isinstance(error, _CANCELLED):
+            if self.stopping == "shutdown":
+                final = turn.response("failed", completed_at=None, error={
+                    "code": "server_error", "message": "The gateway shut down before this response finished."})
+            elif translator is not None:
+                final = translator.snapshot("cancelled", completed_at=None)
+            else:
+                final = turn.response("cancelled", completed_at=None)
+            return final, [self.seq(response_event("response.failed", final))]
+        if not isinstance(error, APIError):
+            log.error("response %s failed", turn.id, exc_info=error)
+            error = APIError(500, f"Internal error: {type(error).__name__}.")
+        failer = translator or ChatStreamTranslator(turn.response("in_progress", completed_at=None), self.seq)
+        closing = failer.fail(error.message, _failure_code(error))
+        return failer.final, closing
+
+    async def settle(self, error: BaseException | None = None) -> list[Event]:
+        """End the run (idempotent): close the upstream and give its slot back, decide
+        the final state, record it; returns the events not yet sent (the failure or
+        cancellation events, for a follower that is still there). ``error`` is what
+        ended it: None (the upstream finished), a cancellation, or the failure."""
+        if self.final is not None:
+            return self.closing
+        self.final, self.closing = self._decide(error)
+        try:
+            if self.upstream is not None:
+                await self.upstream.close()
+        finally:
+            await self._record(self.final, answered=error is None)
+        return self.closing
+
+    async def _record(self, final: dict, *, answered: bool) -> None:
+        turn = self.turn
+        if self.row_written:  # an update, so a response deleted meanwhile stays deleted
+            await self.gateway.store.update_response(turn.id, final, only_if_active=True)
+        elif turn.store and answered:
+            await save(self.gateway, turn, final)
+        if self._cache_write is not None and final["status"] == "completed":
+            await self._cache_write(final)

@@ -1,0 +1,117 @@
+"""A turn: one validated create request with the chain before it, read from the store.
+
+:func:`prepare_turn` normalizes the request's ``input``, resolves its
+``item_reference`` items and its ``previous_response_id`` chain (404 when one is
+missing, never silently ignored). Nothing is translated here: a turn is sent to
+an upstream in the form the chosen endpoint speaks (``engine.upstream``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from db import ResponseStore
+from errors import APIError
+from requests.responses import (InvalidInput, build_response_object, new_id, normalize_input_items,
+                                responses_input_to_messages)
+
+__all__ = ["Turn", "prepare_turn", "bad_input"]
+
+
+def bad_input(exc: InvalidInput) -> APIError:
+    """The 400 for input that cannot be used, naming its ``param``."""
+    return APIError(400, exc.message, param=exc.param, code=exc.code)
+
+
+@dataclass
+class Turn:
+    """One create request: its body, owner, this turn's input items and the chain before it."""
+
+    id: str
+    body: dict
+    owner: str | None
+    input_items: list[dict]
+    history: list[dict] = field(default_factory=list)
+    created_at: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def model(self) -> str:
+        return self.body["model"]
+
+    @property
+    def store(self) -> bool:
+        return self.body.get("store") is not False
+
+    @property
+    def background(self) -> bool:
+        return bool(self.body.get("background"))
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream"))
+
+    @property
+    def previous_response_id(self) -> str | None:
+        return self.body.get("previous_response_id")
+
+    @property
+    def items(self) -> list[dict]:
+        """The whole chain's items plus this turn's input, oldest first."""
+        return self.history + self.input_items
+
+    @cached_property
+    def messages(self) -> list[dict]:
+        """The Chat Completions messages of the whole chain plus this turn.
+
+        Raises :class:`InvalidInput` for what Chat Completions cannot express
+        (an ``input_file`` by ``file_id``, say)."""
+        return responses_input_to_messages(self.items, self.body.get("instructions"))
+
+    def response(self, status: str, output_items: list[dict] | None = None, **fields: Any) -> dict:
+        """This turn's Response object with ``status`` and ``output_items``."""
+        return build_response_object(response_id=self.id, model=self.model, output_items=output_items or [],
+                                     status=status, request=self.body, created_at=self.created_at,
+                                     previous_response_id=self.previous_response_id, **fields)
+
+    def native_meta(self) -> dict:
+        """Keyword arguments that re-issue upstream Response objects as this turn's."""
+        return dict(response_id=self.id, request=self.body, created_at=self.created_at,
+                    previous_response_id=self.previous_response_id, store=self.store,
+                    background=self.background)
+
+
+async def _resolve_references(store: ResponseStore, items: list[dict], owner: str | None) -> list[dict]:
+    refs = [item["id"] for item in items if item["type"] == "item_reference"]
+    if not refs:
+        return items
+    found = await store.find_items(refs, owner)
+    missing = [ref for ref in refs if ref not in found]
+    if missing:
+        raise APIError(404, f"Item with id '{missing[0]}' not found.", param="input", code="item_not_found")
+    return [found[item["id"]] if item["type"] == "item_reference" else item for item in items]
+
+
+async def prepare_turn(store: ResponseStore, body: dict, owner: str | None) -> Turn:
+    """The :class:`Turn` of a validated create ``body`` for tenant ``owner``.
+
+    Raises APIError 400 for malformed input items, 404 ``item_not_found`` for an
+    ``item_reference`` and 404 ``previous_response_not_found`` for a
+    ``previous_response_id`` that this tenant has not stored.
+    """
+    try:
+        input_items = normalize_input_items(body.get("input"))
+    except InvalidInput as exc:
+        raise bad_input(exc) from None
+    input_items = await _resolve_references(store, input_items, owner)
+    history: list[dict] = []
+    previous = body.get("previous_response_id")
+    if previous:
+        chain = await store.get_chain_items(previous, owner)
+        if chain is None:
+            raise APIError(404, f"Previous response with id '{previous}' not found.",
+                           param="previous_response_id", code="previous_response_not_found")
+        history = chain
+    return Turn(id=new_id("resp"), body=body, owner=owner, input_items=input_items, history=history)

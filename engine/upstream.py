@@ -1,0 +1,163 @@
+"""The upstream call of a turn: choose an endpoint, hold its usage slot, call it, fail over.
+
+:func:`open_upstream` picks an endpoint through the backend functions it is
+given (:class:`BackendCalls`), takes one usage slot there and sends the turn on
+the path that endpoint speaks: natively to an upstream Responses API (the
+request as the client sent it, with the chain as ``input``), or translated to
+Chat Completions. Only the Chat path translates, so what Chat cannot express
+(an ``input_file`` by ``file_id``) still reaches a native endpoint. Endpoints
+that cannot be reached are skipped for the next one; every other error is the
+upstream's own, as :class:`errors.APIError`. The answer is an :class:`Upstream`
+whose ``result`` is one of four shapes; :meth:`Upstream.close` gives the slot
+back exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
+
+from backends import BackendUnavailable, Registry, create_native_response
+from engine.turn import Turn, bad_input
+from errors import APIError
+from metrics import BACKEND_ERRORS
+from requests.common import plain
+from requests.native import native_request
+from requests.params import chat_request_params
+from requests.responses import InvalidInput
+
+__all__ = ["BackendCalls", "Completion", "ChatChunks", "NativeResponse", "NativeEvents", "UpstreamResult",
+           "Upstream", "open_upstream"]
+
+log = logging.getLogger("nomyo_router.upstream")
+
+
+class BackendCalls(Protocol):
+    """The backend functions a turn is run with, looked up on each use.
+
+    The gateway passes the ``api.responses`` module itself: those are the names
+    NOMYO Router's users (and their tests) patch, so they are read at call time,
+    never bound once. Each takes the :class:`backends.Registry` it acts on first.
+    """
+
+    choose_endpoint: Callable[..., Awaitable[tuple[str, str]]]      # (registry, model, exclude)
+    decrement_usage: Callable[..., Awaitable[None]]                 # (registry, endpoint, model)
+    is_ext_openai_endpoint: Callable[..., bool]                     # (registry, endpoint)
+    _make_openai_client: Callable[..., Any]                         # (registry, endpoint)
+    create_chat_with_retries: Callable[..., Awaitable[Any]]         # (client, params)
+    get_llm_cache: Callable[..., Any]                               # (gateway)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A whole Chat Completions answer (a plain dict)."""
+    data: dict
+
+
+@dataclass(frozen=True, slots=True)
+class ChatChunks:
+    """An open Chat Completions stream: async-iterates chunk dicts (or SDK chunk objects)."""
+    stream: AsyncIterator[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class NativeResponse:
+    """A whole upstream Response object (a plain dict, upstream ids still in it)."""
+    data: dict
+
+
+@dataclass(frozen=True, slots=True)
+class NativeEvents:
+    """An open upstream Responses event stream: async-iterates event dicts or SDK events."""
+    stream: AsyncIterator[Any]
+
+
+UpstreamResult = Completion | ChatChunks | NativeResponse | NativeEvents
+
+
+class Upstream:
+    """The chosen endpoint's answer and the usage slot it holds until :meth:`close`."""
+
+    __slots__ = ("endpoint", "model", "result", "_release", "_closed")
+
+    def __init__(self, endpoint: str, model: str, result: UpstreamResult, release: Callable[[], Awaitable[None]]):
+        self.endpoint, self.model, self.result = endpoint, model, result
+        self._release = release
+        self._closed = False
+
+    async def close(self) -> None:
+        """Close an open upstream stream and give the usage slot back (idempotent; never raises
+        for a broken stream, whose failure the turn has already recorded)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            stream = getattr(self.result, "stream", None)
+            aclose = getattr(stream, "aclose", None) or getattr(stream, "close", None)
+            if aclose is not None:
+                outcome = aclose()
+                if hasattr(outcome, "__await__"):
+                    await outcome
+        except Exception:
+            log.debug("closing the upstream stream failed", exc_info=True)
+        finally:
+            await self._release()
+
+
+async def _send(turn: Turn, calls: BackendCalls, registry: Registry, endpoint: str, model: str) -> UpstreamResult:
+    client = calls._make_openai_client(registry, endpoint)
+    if calls.is_ext_openai_endpoint(registry, endpoint):
+        result = await create_native_response(
+            client, native_request(turn.body, turn.items, model, stream=turn.stream))
+        return NativeEvents(result) if turn.stream else NativeResponse(plain(result))
+    params = chat_request_params(turn.body, turn.messages, model, stream=turn.stream)
+    result = await calls.create_chat_with_retries(client, params)
+    return ChatChunks(result) if turn.stream else Completion(plain(result))
+
+
+async def _choose(calls: BackendCalls, registry: Registry, model: str, excluded: set[str],
+                  unavailable: BackendUnavailable | None) -> tuple[str, str]:
+    try:
+        return await calls.choose_endpoint(registry, model, excluded)
+    except APIError as exc:
+        if exc.code == "backend_unavailable" and unavailable is not None:
+            raise unavailable from None  # the last endpoint's own failure says more
+        raise
+
+
+async def open_upstream(turn: Turn, calls: BackendCalls, registry: Registry) -> Upstream:
+    """Choose an endpoint for ``turn``, take its slot and send the turn there.
+
+    Fails over while endpoints cannot be reached (each is marked unreachable).
+    Returns the :class:`Upstream` holding the slot. Raises APIError: 404 unknown
+    model, 429 every endpoint busy, 400 input the chosen path cannot express,
+    502/504 backend faults, or the upstream's own 4xx/5xx; the slot is given back
+    before any of them leaves.
+    """
+    excluded: set[str] = set()
+    unavailable: BackendUnavailable | None = None
+    while True:
+        endpoint, model = await _choose(calls, registry, turn.model, excluded, unavailable)
+
+        def release(endpoint: str = endpoint, model: str = model) -> Awaitable[None]:
+            return calls.decrement_usage(registry, endpoint, model)
+
+        try:
+            result = await _send(turn, calls, registry, endpoint, model)
+        except InvalidInput as exc:
+            await release()
+            raise bad_input(exc) from None
+        except BackendUnavailable as exc:
+            await release()
+            BACKEND_ERRORS.labels(endpoint, "unavailable").inc()
+            registry.mark_unreachable(endpoint, exc.message)
+            excluded.add(endpoint)
+            unavailable = exc
+            continue
+        except BaseException as exc:
+            await release()
+            if isinstance(exc, APIError):
+                BACKEND_ERRORS.labels(endpoint, str(exc.status)).inc()
+            raise
+        return Upstream(endpoint, model, result, release)

@@ -1,0 +1,173 @@
+"""The turn engine: what reaches each kind of endpoint, the seam it reads, one slot per turn,
+one final state per run, and the layering of the modules."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+from unittest.mock import AsyncMock, patch
+
+import pytest
+
+import router
+from conformance import (Backend, assert_openai_error, chat_completion, check_stream, create, create_stream,
+                         text_chunks)
+from test_conformance_native import message, upstream_response
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: A turn only an upstream Responses API can take: Chat Completions has no file ids.
+FILE_ID_PARTS = [{"type": "input_text", "text": "Summarize the report and describe the chart."},
+                 {"type": "input_file", "file_id": "file-report123"},
+                 {"type": "input_image", "file_id": "file-chart456", "detail": "high"}]
+FILE_ID_INPUT = [{"type": "message", "role": "user", "content": FILE_ID_PARTS}]
+
+
+async def test_native_endpoint_receives_file_ids_unchanged(client):
+    with Backend(upstream_response([message("A summary.")]), native=True, model="gpt-5-mini") as backend:
+        obj = await create(client, {"model": "gpt-5-mini", "input": FILE_ID_INPUT, "instructions": "Be brief."})
+    assert obj["output_text"] == "A summary."
+    assert backend.chat.call_count == 0                                # no Chat Completions call was attempted
+    sent = backend.native_params[0]
+    assert sent["input"] == [{"type": "message", "role": "user", "content": FILE_ID_PARTS}]
+    assert sent["instructions"] == "Be brief." and sent["store"] is False
+    assert backend.decrement.call_count == 1
+
+
+async def test_native_stream_with_file_ids_reaches_upstream(client):
+    from test_conformance_native import upstream_events
+    final = upstream_response([message("Streamed.")])
+    with Backend(upstream_events(final), native=True, model="gpt-5-mini") as backend:
+        events = await create_stream(client, {"model": "gpt-5-mini", "input": FILE_ID_INPUT, "store": False})
+    summary = check_stream(events)
+    assert summary.response["output_text"] == "Streamed."
+    assert backend.native_params[0]["input"][0]["content"] == FILE_ID_PARTS
+    assert backend.native_params[0]["stream"] is True
+    assert backend.decrement.call_count == 1
+
+
+async def test_chat_endpoint_answers_400_for_file_ids_and_gives_the_slot_back(client):
+    with Backend(chat_completion("never")) as backend:
+        reply = await client.post("/v1/responses", json={"model": "m", "input": FILE_ID_INPUT})
+    error = assert_openai_error(reply, 400)
+    assert error["param"].startswith("input") and "file_id" in error["message"]
+    assert backend.chat.call_count == 0 and backend.decrement.call_count == 1
+
+
+async def test_the_seam_is_read_at_call_time(client):
+    """Patching ``api.responses`` after start-up changes what the running gateway calls."""
+    import api.responses as api_responses
+    with Backend(chat_completion("first")) as backend:
+        assert (await create(client, {"model": "m", "input": "hi"}))["output_text"] == "first"
+        replacement = AsyncMock(return_value=chat_completion("second"))
+        with patch.object(api_responses, "create_chat_with_retries", replacement):
+            assert (await create(client, {"model": "m", "input": "hi"}))["output_text"] == "second"
+    assert backend.chat.call_count == 1 and replacement.call_count == 1
+    assert router.app.state.gateway.calls is api_responses
+
+
+@pytest.mark.parametrize("mode", ["plain", "stream", "background", "background-stream"])
+@pytest.mark.parametrize("outcome", ["answer", "upstream-error", "broken-stream"])
+async def test_one_slot_given_back_per_turn(client, mode, outcome):
+    from backends import BackendStreamError
+    from errors import APIError
+    stream = "stream" in mode
+    if outcome == "answer":
+        result = text_chunks("Hi", " there") if stream else chat_completion("Hi there")
+    elif outcome == "upstream-error":
+        result = None
+    else:
+        result = text_chunks("Hi")[:1] + [BackendStreamError("dropped")] if stream else chat_completion("ok")
+    body = {"model": "m", "input": "hi", "stream": stream, "background": "background" in mode}
+    with Backend(*([] if result is None else [result])) as backend:
+        if result is None:
+            backend.chat.side_effect = APIError(503, "overloaded")
+        reply = await client.post("/v1/responses", json=body)
+        if "background" in mode:
+            rid = (reply.json() if not stream else None) or None
+            if rid is None:  # a background stream: its id is in the first event
+                rid = reply.text.split('"id":"', 1)[1].split('"', 1)[0]
+            else:
+                rid = rid["id"]
+            await router.app.state.gateway.jobs.wait(rid)
+    assert backend.decrement.call_count == 1, (mode, outcome, reply.status_code)
+
+
+async def test_a_run_settles_once(client):
+    """However many of its followers end it, a run decides and records one final state."""
+    from engine.runner import TurnRun
+    from engine.turn import prepare_turn
+    gateway = router.app.state.gateway
+    turn = await prepare_turn(gateway.store, {"model": "m", "input": "hi", "stream": True}, None)
+    with Backend(text_chunks("Hello", " you")) as backend:
+        run = TurnRun(gateway, turn)
+        await run.open()
+        await run.begin_stream()
+        batches = run.events()
+        first = await batches.__anext__()
+        assert [e["type"] for e in first] == ["response.created", "response.in_progress"]
+        await batches.aclose()                                          # the follower left
+        assert run.final["status"] == "cancelled"
+        assert await run.settle(asyncio.CancelledError()) == run.closing
+        assert await run.settle(None) == run.closing
+    assert backend.decrement.call_count == 1
+    row = await gateway.store.get_response(turn.id)
+    assert row["status"] == "cancelled"
+
+
+# ── layering ───────────────────────────────────────────────────────────────────
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+APP_MODULES = {"router", "api", "engine", "backends", "db", "cache", "config", "errors", "metrics", "preflight"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "requests").glob("*.py")), ids=lambda p: p.name)
+def test_requests_imports_nothing_of_the_app(path):
+    assert not (_imports(path) & (APP_MODULES | {"fastapi", "starlette", "anyio"}))
+
+
+@pytest.mark.parametrize("path", sorted([*(ROOT / "engine").glob("*.py"), ROOT / "backends.py", ROOT / "db.py",
+                                         ROOT / "cache.py", ROOT / "errors.py", ROOT / "config.py"]),
+                         ids=lambda p: p.name)
+def test_below_api_nothing_speaks_http_or_imports_upward(path):
+    assert not (_imports(path) & {"fastapi", "starlette", "api", "router"})
+
+
+def test_no_module_is_much_over_600_lines():
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines())
+             for p in [*ROOT.glob("*.py"), *ROOT.glob("api/*.py"), *ROOT.glob("engine/*.py"),
+                       *ROOT.glob("requests/*.py")]}
+    assert max(sizes.values()) <= 620, sizes
+
+
+# ── the requests package ───────────────────────────────────────────────────────
+
+def test_requests_is_this_projects_package():
+    import requests
+    import requests.responses
+    assert Path(requests.__file__).resolve() == ROOT / "requests" / "__init__.py"
+    assert hasattr(requests.responses, "responses_input_to_messages")
+
+
+def test_start_up_stops_with_one_sentence_when_another_requests_wins(tmp_path):
+    other = tmp_path / "requests"
+    other.mkdir()
+    (other / "__init__.py").write_text("")
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import router"
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(other) in lines[0] and "this project's requests/ package" in lines[0]
