@@ -183,8 +183,8 @@ def _chat_part(part: dict) -> dict | None:
     if ptype == "input_image":
         url = part.get("image_url")
         if not isinstance(url, str):
-            raise InvalidInput("input_image needs an 'image_url' (URL or data URL); file_id is not "
-                               "supported.", "input")
+            raise InvalidInput("This model's endpoint speaks Chat Completions, which takes an input_image "
+                               "only by 'image_url' (a URL or data URL), not by 'file_id'.", "input")
         image = {"url": url}
         if part.get("detail") and part["detail"] != "auto":
             image["detail"] = part["detail"]
@@ -192,8 +192,9 @@ def _chat_part(part: dict) -> dict | None:
     if ptype == "input_file":
         text = _data_url_text(part["file_data"]) if isinstance(part.get("file_data"), str) else None
         if text is None:
-            raise InvalidInput("input_file is supported only as inline text 'file_data' "
-                               "(a base64 data URL of a text type).", "input")
+            raise InvalidInput("This model's endpoint speaks Chat Completions, which takes an input_file "
+                               "only as inline 'file_data' (a base64 data URL of a text type), not by "
+                               "'file_id' or 'file_url'.", "input")
         name = part.get("filename") or "file"
         return {"type": "text", "text": f"{name}:\n{text}"}
     raise InvalidInput(f"Unsupported content part type '{ptype}'.", "input")
