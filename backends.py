@@ -21,8 +21,9 @@ import httpx2
 import openai
 import orjson
 
+from chat_client import KEEPALIVE_EXPIRY, ChatClient, ChatStream, ConnectFailed, upstream_error
 from config import Settings
-from errors import APIError
+from errors import APIError, BackendStreamError, BackendTimeout, BackendUnavailable  # noqa: F401 (re-exported)
 
 __all__ = [
     "Endpoint", "Registry", "BackendUnavailable", "BackendTimeout", "BackendStreamError",
@@ -33,35 +34,9 @@ __all__ = [
 log = logging.getLogger("nomyo_router.backends")
 
 
-#: Seconds an idle upstream connection is kept: under the 5 s after which uvicorn,
-#: llama.cpp's server and many others close idle connections, so a pooled
-#: connection is not reused just as the server closes it.
-KEEPALIVE_EXPIRY = 4.0
 #: Attempts at a call whose connection failed before any answer (each failed attempt
 #: discards its connection, so the next one takes a fresh or another pooled one).
 CONNECT_ATTEMPTS = 3
-
-
-class BackendUnavailable(APIError):
-    """The endpoint could not be reached before any byte was exchanged (502)."""
-
-    def __init__(self, endpoint: str, detail: str):
-        super().__init__(502, f"Backend {endpoint} is unavailable: {detail}", code="backend_unavailable")
-        self.endpoint = endpoint
-
-
-class BackendTimeout(APIError):
-    """The endpoint did not answer within ``request_timeout`` (504)."""
-
-    def __init__(self, detail: str = "the backend did not answer in time"):
-        super().__init__(504, f"Upstream timeout: {detail}", code="upstream_timeout")
-
-
-class BackendStreamError(APIError):
-    """A stream broke after it had started (mid-stream drop or an error chunk)."""
-
-    def __init__(self, detail: str):
-        super().__init__(502, f"The backend stream failed: {detail}", code="backend_stream_error")
 
 
 @dataclass
@@ -255,22 +230,28 @@ class Registry:
             ep.reachable, ep.last_error = False, detail
 
     # clients -----------------------------------------------------------------
-    def client(self, endpoint: str) -> openai.AsyncOpenAI:
-        """The one pooled ``AsyncOpenAI`` client of ``endpoint`` (made on first use)."""
+    def client(self, endpoint: str) -> ChatClient | openai.AsyncOpenAI:
+        """The one pooled client of ``endpoint`` (made on first use): an ``openai.AsyncOpenAI``
+        for a native endpoint (an upstream Responses API), else a :class:`ChatClient`."""
         client = self._clients.get(endpoint)
         if client is None:
             ep = self.endpoints.get(endpoint)
             base = ep.base_url if ep else endpoint
-            key = (ep.api_key if ep else None) or "nomyo-router"
+            key = ep.api_key if ep else None
             # Keep-alive for at least as many connections as may be in flight to one
             # endpoint, so a busy endpoint's connections are reused, not reopened.
             keepalive = max(100, 4 * self.settings.max_concurrent_connections)
-            client = openai.AsyncOpenAI(
-                base_url=base, api_key=key, max_retries=0,
-                timeout=openai.Timeout(self.settings.request_timeout, connect=self.settings.connect_timeout),
-                http_client=openai.DefaultAsyncHttpxClient(limits=httpx2.Limits(
-                    max_connections=max(1000, keepalive), max_keepalive_connections=keepalive,
-                    keepalive_expiry=KEEPALIVE_EXPIRY)))
+            if ep is not None and ep.native:
+                client = openai.AsyncOpenAI(
+                    base_url=base, api_key=key or "nomyo-router", max_retries=0,
+                    timeout=openai.Timeout(self.settings.request_timeout, connect=self.settings.connect_timeout),
+                    http_client=openai.DefaultAsyncHttpxClient(limits=httpx2.Limits(
+                        max_connections=max(1000, keepalive), max_keepalive_connections=keepalive,
+                        keepalive_expiry=KEEPALIVE_EXPIRY)))
+            else:
+                client = ChatClient(base, key, connect_timeout=self.settings.connect_timeout,
+                                    read_timeout=self.settings.request_timeout,
+                                    max_connections=max(1000, keepalive))
             self._clients[endpoint] = client
         return client
 
@@ -307,90 +288,6 @@ _IMAGES_REJECTED = ("does not support image", "image input is not supported", "i
                     "does not support vision", "multimodal")
 
 
-def _normalize_usage(chunk: dict) -> dict:
-    usage = chunk.get("usage")
-    if usage:
-        usage.setdefault("prompt_tokens_details", None)
-        usage.setdefault("completion_tokens_details", None)
-    return chunk
-
-
-class ChatStream:
-    """An open Chat Completions stream (an SSE ``httpx2.Response``): async-iterates
-    its chunks as plain dicts.
-
-    Raises :class:`BackendStreamError` when the stream breaks, carries an error,
-    or ends without ``[DONE]``. :meth:`aclose` releases the connection; call it
-    whatever happens.
-    """
-
-    def __init__(self, response: httpx2.Response):
-        self._response = response
-        self._lines = response.aiter_lines().__aiter__()
-        self._closed = False
-
-    def __aiter__(self) -> "ChatStream":
-        return self
-
-    async def __anext__(self) -> dict:
-        lines = self._lines
-        try:
-            while True:
-                line = await lines.__anext__()
-                if not line.startswith("data:"):
-                    if line.startswith("error:"):
-                        raise BackendStreamError(line[6:].strip())
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    async for _ in lines:  # read to the end, so the connection goes back to the pool
-                        pass
-                    await self.aclose()
-                    raise StopAsyncIteration
-                chunk = orjson.loads(data)
-                if "error" in chunk and "choices" not in chunk:
-                    err = chunk["error"]
-                    raise BackendStreamError(err.get("message", str(err)) if isinstance(err, dict) else str(err))
-                return _normalize_usage(chunk) if "usage" in chunk else chunk
-        except StopAsyncIteration:
-            if not self._closed:
-                await self.aclose()
-                raise BackendStreamError("the stream ended before it was complete") from None
-            raise
-        except (httpx2.HTTPError, OSError, orjson.JSONDecodeError) as exc:
-            await self.aclose()
-            raise BackendStreamError(f"{type(exc).__name__}: {exc}") from exc
-
-    async def aclose(self) -> None:
-        """Close the upstream response (idempotent)."""
-        if not self._closed:
-            self._closed = True
-            await self._response.aclose()
-
-
-_STREAM_OPTIONS = {"headers": {"X-Stainless-Raw-Response": "stream"}}
-
-
-async def _call_chat(client: openai.AsyncOpenAI, params: dict) -> dict | ChatStream:
-    # The SDK's low-level ``post`` with a body already serialized by orjson: the
-    # client's connection pool, auth, timeouts and error mapping, without the typed
-    # walk over every message that ``chat.completions.create`` makes.
-    body = orjson.dumps(params)
-    if params.get("stream"):
-        response = await client.post("/chat/completions", content=body, cast_to=httpx2.Response,
-                                     options=_STREAM_OPTIONS)
-        return ChatStream(response)
-    response = await client.post("/chat/completions", content=body, cast_to=httpx2.Response)
-    completion = orjson.loads(response.content)
-    return _normalize_usage(completion) if "usage" in completion else completion
-
-
-def _cause(exc: openai.APIConnectionError) -> str:
-    """What went wrong underneath the SDK's connection error, named by its type."""
-    cause = exc.__cause__ or exc
-    return f"{type(cause).__name__}: {cause}".rstrip(": ")
-
-
 def _strip_images(messages: list[dict]) -> list[dict]:
     out = []
     for msg in messages:
@@ -408,76 +305,56 @@ def _has_images(messages: list[dict]) -> bool:
                for m in messages)
 
 
-def _error_message(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-    return exc.message
-
-
-async def create_chat_with_retries(client: openai.AsyncOpenAI, params: dict) -> dict | ChatStream:
+async def create_chat_with_retries(client: ChatClient, params: dict) -> dict | ChatStream:
     """Call Chat Completions on ``client``; retry what is safe to retry.
 
-    ``params`` is the request body (``messages``, ``model``, ``stream``...).
-    Returns the completion as a plain dict, or a :class:`ChatStream` of chunk
-    dicts when ``params["stream"]``. Retries a connection that failed before any
-    answer (up to :data:`CONNECT_ATTEMPTS` in all), and again without tools or
-    without images when the backend rejects them for this model (logged).
-    Raises :class:`BackendUnavailable` (502), :class:`BackendTimeout` (504) or
-    :class:`APIError` with the upstream's own status and message.
+    ``params`` is the request body (``messages``, ``model``, ``stream``...), sent
+    as orjson bytes. Returns the completion as a plain dict, or a
+    :class:`ChatStream` of chunk dicts when ``params["stream"]``. Retries a
+    connection that failed before any answer (up to :data:`CONNECT_ATTEMPTS` in
+    all), and again without tools or without images when the backend rejects them
+    for this model (logged). Raises :class:`BackendUnavailable` (502),
+    :class:`BackendTimeout` (504) or :class:`APIError` with the upstream's own
+    status and message.
     """
     connect_attempts = CONNECT_ATTEMPTS
     while True:
         try:
-            return await _call_chat(client, params)
-        except openai.APITimeoutError as exc:
-            raise backend_error(client, exc) from exc
-        except openai.APIConnectionError as exc:
+            return await client.post(orjson.dumps(params), stream=bool(params.get("stream")))
+        except ConnectFailed as exc:
             connect_attempts -= 1
             if connect_attempts > 0:
                 continue
-            raise backend_error(client, exc) from exc
-        except openai.APIStatusError as exc:
-            message = _error_message(exc)
-            lowered = message.lower()
-            if exc.status_code == 400 and params.get("tools") and any(s in lowered for s in _TOOLS_REJECTED):
+            raise BackendUnavailable(client.base_url, exc.detail) from exc
+        except BackendTimeout:
+            raise
+        except APIError as exc:
+            lowered = exc.message.lower()
+            if exc.status == 400 and params.get("tools") and any(s in lowered for s in _TOOLS_REJECTED):
                 log.warning("model %s rejected tools; retrying without them", params.get("model"))
                 params = {k: v for k, v in params.items()
                           if k not in ("tools", "tool_choice", "parallel_tool_calls")}
                 continue
-            if exc.status_code in (400, 500) and _has_images(params["messages"]) and any(
+            if exc.status in (400, 500) and _has_images(params["messages"]) and any(
                     s in lowered for s in _IMAGES_REJECTED):
-                log.warning("model %s rejected image input; retrying without the images",
-                            params.get("model"))
+                log.warning("model %s rejected image input; retrying without the images", params.get("model"))
                 params = {**params, "messages": _strip_images(params["messages"])}
                 continue
-            raise backend_error(client, exc) from exc
-
-
-def _error_fields(exc: openai.APIStatusError) -> dict:
-    body = exc.body if isinstance(exc.body, dict) else {}
-    err = body.get("error", body)
-    return err if isinstance(err, dict) else {}
+            raise
 
 
 def backend_error(client: openai.AsyncOpenAI, exc: openai.APIError) -> APIError:
-    """The gateway's error for a failed upstream call: :class:`BackendTimeout`,
-    :class:`BackendUnavailable`, or the upstream's own status, message, type and code."""
+    """The gateway's error for a failed call through the ``openai`` SDK (the native path):
+    :class:`BackendTimeout`, :class:`BackendUnavailable`, or the upstream's own status,
+    message, type and code."""
     if isinstance(exc, openai.APITimeoutError):
         return BackendTimeout(str(exc))
     if isinstance(exc, openai.APIConnectionError):
-        return BackendUnavailable(str(client.base_url), _cause(exc))
+        cause = exc.__cause__ or exc
+        return BackendUnavailable(str(client.base_url), f"{type(cause).__name__}: {cause}".rstrip(": "))
     if not isinstance(exc, openai.APIStatusError):
         return APIError(502, f"The backend's answer could not be used: {exc}.", code="bad_backend_answer")
-    fields = _error_fields(exc)
-    status = exc.status_code if 400 <= exc.status_code < 600 else 502
-    code = fields.get("code")
-    return APIError(status, _error_message(exc), code=None if code is None else str(code),
-                    type=fields.get("type") or None)
+    return upstream_error(exc.status_code, exc.body, exc.message)
 
 
 async def create_native_response(client: openai.AsyncOpenAI, params: dict) -> Any:

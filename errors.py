@@ -5,7 +5,7 @@ The one error type every layer raises; the HTTP layer (``router``) renders it.
 
 from __future__ import annotations
 
-__all__ = ["APIError", "error_body"]
+__all__ = ["APIError", "BackendUnavailable", "BackendTimeout", "BackendStreamError", "error_body"]
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
@@ -32,3 +32,25 @@ class APIError(Exception):
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
     """The JSON body of an OpenAI error."""
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class BackendUnavailable(APIError):
+    """The endpoint could not be reached before any byte was exchanged (502)."""
+
+    def __init__(self, endpoint: str, detail: str):
+        super().__init__(502, f"Backend {endpoint} is unavailable: {detail}", code="backend_unavailable")
+        self.endpoint = endpoint
+
+
+class BackendTimeout(APIError):
+    """The endpoint did not answer within ``request_timeout`` (504)."""
+
+    def __init__(self, detail: str = "the backend did not answer in time"):
+        super().__init__(504, f"Upstream timeout: {detail}", code="upstream_timeout")
+
+
+class BackendStreamError(APIError):
+    """A stream broke after it had started (mid-stream drop or an error chunk)."""
+
+    def __init__(self, detail: str):
+        super().__init__(502, f"The backend stream failed: {detail}", code="backend_stream_error")

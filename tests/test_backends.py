@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from contextlib import asynccontextmanager
 
-import httpx2
-import openai
 import pytest
+from aiohttp import web
 
 import backends
 from backends import BackendStreamError, BackendUnavailable, Endpoint, Registry, create_chat_with_retries
+from chat_client import ChatClient
 from config import Settings
 from errors import APIError
 from tests.e2e.ollama_server import DEFAULT_TEXT, OllamaTestServer
@@ -201,31 +202,49 @@ async def test_connection_refused_is_backend_unavailable():
         await create_chat_with_retries(registry.client(url),
                                        {"model": "m", "messages": [{"role": "user", "content": "x"}]})
     assert info.value.status == 502 and info.value.code == "backend_unavailable"
-    assert "ConnectError" in info.value.message  # the cause is named
+    assert "ClientConnectorError" in info.value.message  # the cause is named
     await registry.close()
 
 
-def _mock_client(handler) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url="http://mock/v1", api_key="k", max_retries=0,
-                              http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler)))
+@asynccontextmanager
+async def scripted_server(handler):
+    """A Chat Completions server on 127.0.0.1: ``handler(body) -> (status, json)`` answers each request;
+    yields a :class:`ChatClient` of it."""
+    async def chat(request: web.Request) -> web.Response:
+        status, payload = handler(json.loads(await request.read()))
+        return web.json_response(payload, status=status)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    client = ChatClient(f"http://127.0.0.1:{port}/v1", "k", connect_timeout=2, read_timeout=10, max_connections=4)
+    try:
+        yield client
+    finally:
+        await client.close()
+        await runner.cleanup()
 
 
 async def test_retry_without_tools_when_model_rejects_them():
     seen = []
 
-    def handler(request):
-        body = json.loads(request.content)
+    def handler(body):
         seen.append(body)
         if "tools" in body:
-            return httpx2.Response(400, json={"error": {"message": "registry.ollama.ai/library/x does not "
-                                                                   "support tools", "type": "api_error"}})
-        return httpx2.Response(200, json={"id": "c", "object": "chat.completion", "created": 0, "model": "x",
-                                          "choices": [{"index": 0, "finish_reason": "stop",
-                                                       "message": {"role": "assistant", "content": "ok"}}]})
+            return 400, {"error": {"message": "registry.ollama.ai/library/x does not support tools",
+                                   "type": "api_error"}}
+        return 200, {"id": "c", "object": "chat.completion", "created": 0, "model": "x",
+                     "choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": "ok"}}]}
 
-    completion = await create_chat_with_retries(_mock_client(handler), {
-        "model": "x", "messages": [{"role": "user", "content": "q"}], "tool_choice": "auto",
-        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]})
+    async with scripted_server(handler) as client:
+        completion = await create_chat_with_retries(client, {
+            "model": "x", "messages": [{"role": "user", "content": "q"}], "tool_choice": "auto",
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]})
     assert completion["choices"][0]["message"]["content"] == "ok"
     assert "tools" in seen[0] and "tools" not in seen[1] and "tool_choice" not in seen[1]
 
@@ -233,28 +252,28 @@ async def test_retry_without_tools_when_model_rejects_them():
 async def test_retry_without_images_when_model_rejects_them():
     seen = []
 
-    def handler(request):
-        body = json.loads(request.content)
+    def handler(body):
         seen.append(body)
         if isinstance(body["messages"][0]["content"], list):
-            return httpx2.Response(500, json={"error": {"message": "image input is not supported - hint: "
-                                                                   "provide the mmproj"}})
-        return httpx2.Response(200, json={"choices": [{"index": 0, "finish_reason": "stop",
-                                                       "message": {"role": "assistant", "content": "ok"}}]})
+            return 500, {"error": {"message": "image input is not supported - hint: provide the mmproj"}}
+        return 200, {"choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": "ok"}}]}
 
-    await create_chat_with_retries(_mock_client(handler), {"model": "x", "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": "http://i/x.png"}}]}]})
+    async with scripted_server(handler) as client:
+        await create_chat_with_retries(client, {"model": "x", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": "http://i/x.png"}}]}]})
     assert seen[1]["messages"][0]["content"] == "what is this"
 
 
 async def test_other_upstream_4xx_is_not_retried():
     calls = []
 
-    def handler(request):
+    def handler(body):
         calls.append(1)
-        return httpx2.Response(400, json={"error": {"message": "bad thing", "code": "bad", "type": "invalid"}})
+        return 400, {"error": {"message": "bad thing", "code": "bad", "type": "invalid"}}
 
-    with pytest.raises(APIError) as info:
-        await create_chat_with_retries(_mock_client(handler), {"model": "x", "messages": []})
+    async with scripted_server(handler) as client:
+        with pytest.raises(APIError) as info:
+            await create_chat_with_retries(client, {"model": "x", "messages": []})
     assert (info.value.status, info.value.message, info.value.code) == (400, "bad thing", "bad")
     assert len(calls) == 1

@@ -1,0 +1,210 @@
+"""The HTTP client of one OpenAI-compatible endpoint's ``POST /v1/chat/completions``.
+
+One pooled ``aiohttp`` session per endpoint for the life of the process
+(keep-alive, a bounded pool, connect and read timeouts). A request body goes
+out as the bytes the caller serialized; a whole answer comes back as a plain
+dict, a stream as a :class:`ChatStream` of chunk dicts. Failures are mapped to
+the gateway's errors in one place: :class:`ConnectFailed` (nothing was
+answered: the caller may retry or fail over), :class:`errors.BackendTimeout`,
+the upstream's own status and message as :class:`errors.APIError`, and
+:class:`errors.BackendStreamError` for a stream that broke after it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+
+from errors import APIError, BackendStreamError, BackendTimeout
+
+__all__ = ["ChatClient", "ChatStream", "ConnectFailed", "upstream_error"]
+
+#: Seconds an idle upstream connection is kept: under the 5 s after which uvicorn,
+#: llama.cpp's server and many others close idle connections, so a pooled
+#: connection is not reused just as the server closes it.
+KEEPALIVE_EXPIRY = 4.0
+
+
+class ConnectFailed(Exception):
+    """The request got no answer: the connection failed or was closed before any byte came back."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
+def upstream_error(status: int, body: Any, fallback: str) -> APIError:
+    """The gateway's error for an upstream error answer: its status (502 when it is not
+    an error status), and the ``message``, ``type`` and ``code`` of its OpenAI-shaped
+    ``body`` (a parsed dict, or a string), else ``fallback`` as the message."""
+    err = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(err, dict):
+        message, code, kind = err.get("message"), err.get("code"), err.get("type")
+    else:
+        message, code, kind = (err if isinstance(err, str) and err else None), None, None
+    return APIError(status if 400 <= status < 600 else 502, str(message or fallback),
+                    code=None if code is None else str(code), type=kind or None)
+
+
+def _normalize_usage(data: dict) -> dict:
+    """Usage with the ``*_tokens_details`` keys present (null when the backend gives none),
+    as the ``openai`` SDK types them."""
+    usage = data.get("usage")
+    if usage:
+        usage.setdefault("prompt_tokens_details", None)
+        usage.setdefault("completion_tokens_details", None)
+    return data
+
+
+def _cause(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+
+class ChatStream:
+    """An open Chat Completions stream: async-iterates its chunks as plain dicts.
+
+    Raises :class:`errors.BackendStreamError` when the stream breaks, carries an
+    error, or ends without ``[DONE]``. :meth:`aclose` releases the connection
+    (back to the pool once the stream was read to its end); call it whatever happens.
+    """
+
+    def __init__(self, response: aiohttp.ClientResponse):
+        self._response = response
+        self._content = response.content
+        self._closed = False
+
+    def __aiter__(self) -> "ChatStream":
+        return self
+
+    async def __anext__(self) -> dict:
+        content = self._content
+        try:
+            while True:
+                line = await content.readline()
+                if not line:
+                    if self._closed:
+                        raise StopAsyncIteration
+                    raise BackendStreamError("the stream ended before it was complete")
+                if not line.startswith(b"data:"):
+                    if line.startswith(b"error:"):
+                        raise BackendStreamError(line[6:].strip().decode(errors="replace"))
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    await self._response.read()  # to the end, so the connection goes back to the pool
+                    await self._finish(reuse=True)
+                    raise StopAsyncIteration
+                chunk = orjson.loads(data)
+                if "error" in chunk and "choices" not in chunk:
+                    err = chunk["error"]
+                    raise BackendStreamError(err.get("message", str(err)) if isinstance(err, dict) else str(err))
+                return _normalize_usage(chunk) if "usage" in chunk else chunk
+        except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
+            await self.aclose()
+            raise BackendStreamError(_cause(exc)) from exc
+        except BackendStreamError:
+            await self.aclose()
+            raise
+
+    async def _finish(self, *, reuse: bool) -> None:
+        if not self._closed:
+            self._closed = True
+            if reuse:
+                self._response.release()
+            else:
+                self._response.close()
+
+    async def aclose(self) -> None:
+        """Close the upstream response (idempotent); a stream not read to its end closes its connection."""
+        await self._finish(reuse=False)
+
+
+class ChatClient:
+    """The pooled Chat Completions client of one endpoint.
+
+    ``base_url`` is the OpenAI-compatible base (ending in ``/v1``); ``api_key``
+    is sent as a bearer token when set. ``connect_timeout`` bounds connecting,
+    ``read_timeout`` each wait for upstream bytes (seconds). At most
+    ``max_connections`` connections, ``keepalive`` of them kept idle for
+    :data:`KEEPALIVE_EXPIRY` seconds. The session is made on first use, inside
+    the running event loop.
+    """
+
+    def __init__(self, base_url: str, api_key: str | None, *, connect_timeout: float, read_timeout: float,
+                 max_connections: int):
+        self.base_url = base_url.rstrip("/")
+        self.url = f"{self.base_url}/chat/completions"
+        self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0,
+                                         keepalive_timeout=KEEPALIVE_EXPIRY, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, raise_for_status=False,
+                                              auto_decompress=True)
+        return self._session
+
+    async def post(self, body: bytes, *, stream: bool) -> dict | ChatStream:
+        """Send one Chat Completions request ``body`` (JSON bytes).
+
+        Returns the answer as a dict (usage normalized), or the open
+        :class:`ChatStream` with ``stream``. Raises :class:`ConnectFailed`,
+        :class:`errors.BackendTimeout`, or the upstream's error status as
+        :class:`errors.APIError` (see :func:`upstream_error`).
+        """
+        session = self._session or self._open_session()
+        try:
+            response = await session.post(self.url, data=body, headers=self.headers)
+        except TimeoutError as exc:
+            raise BackendTimeout(str(exc) or "the backend did not answer in time") from exc
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise ConnectFailed(_cause(exc)) from exc
+        if response.status >= 400:
+            await self._raise_for_status(response)
+        if stream:
+            return ChatStream(response)
+        try:
+            raw = await response.read()
+        except TimeoutError as exc:
+            response.close()
+            raise BackendTimeout(str(exc) or "the backend did not finish its answer in time") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            response.close()
+            raise APIError(502, f"The backend's answer broke off: {_cause(exc)}.",
+                           code="bad_backend_answer") from exc
+        finally:
+            response.release()
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise APIError(502, "The backend's answer is not JSON.", code="bad_backend_answer") from None
+        if not isinstance(data, dict):
+            raise APIError(502, "The backend's answer is not a JSON object.", code="bad_backend_answer")
+        return _normalize_usage(data) if "usage" in data else data
+
+    async def _raise_for_status(self, response: aiohttp.ClientResponse) -> None:
+        try:
+            raw = await response.read()
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            raw = b""
+        finally:
+            response.release()
+        try:
+            body: Any = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = raw.decode(errors="replace").strip()[:500]
+        raise upstream_error(response.status, body, f"HTTP {response.status} {response.reason or ''}".strip())
+
+    async def close(self) -> None:
+        """Close the pool (idempotent)."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+            await asyncio.sleep(0)  # let the connector's transports close
