@@ -90,8 +90,11 @@ async def test_soak_chained_conversations(tmp_path):
         try:
             started = time.monotonic()
             async with httpx.AsyncClient(base_url=proc.url, timeout=60,
+                                         # idle connections are dropped before uvicorn's 5 s keep-alive
+                                         # closes them, so none is reused just as the server closes it
                                          limits=httpx.Limits(max_connections=CONVERSATIONS + 10,
-                                                             max_keepalive_connections=CONVERSATIONS + 10)) as http:
+                                                             max_keepalive_connections=CONVERSATIONS + 10,
+                                                             keepalive_expiry=3)) as http:
                 results = await asyncio.gather(*(_conversation(http, soak, i, rng) for i in range(CONVERSATIONS)))
                 elapsed = time.monotonic() - started
                 await wait_idle(http, server, timeout=10)
