@@ -13,7 +13,7 @@ the upstream's own status and message as :class:`errors.APIError`, and
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
 import orjson
@@ -64,44 +64,51 @@ def _cause(exc: BaseException) -> str:
 
 
 class ChatStream:
-    """An open Chat Completions stream: async-iterates its chunks as plain dicts.
+    """An open Chat Completions stream: its chunks as plain dicts.
 
-    Raises :class:`errors.BackendStreamError` when the stream breaks, carries an
-    error, or ends without ``[DONE]``. :meth:`aclose` releases the connection
-    (back to the pool once the stream was read to its end); call it whatever happens.
+    :meth:`batches` yields the chunks each network read brought, as one list (so a
+    follower can write them at once); iterating the stream itself yields them one
+    by one. Either raises :class:`errors.BackendStreamError` when the stream
+    breaks, carries an error, or ends without ``[DONE]``. :meth:`aclose` releases
+    the connection (back to the pool once the stream was read to its end); call
+    it whatever happens.
     """
 
     def __init__(self, response: aiohttp.ClientResponse):
         self._response = response
-        self._content = response.content
         self._closed = False
 
-    def __aiter__(self) -> "ChatStream":
-        return self
+    def __aiter__(self) -> AsyncIterator[dict]:
+        return self._one_by_one()
 
-    async def __anext__(self) -> dict:
-        content = self._content
+    async def _one_by_one(self) -> AsyncIterator[dict]:
+        async for batch in self.batches():
+            for chunk in batch:
+                yield chunk
+
+    async def batches(self) -> AsyncIterator[list[dict]]:
+        """Lists of chunk dicts, one per network read that completed at least one line."""
+        content = self._response.content
+        pending = b""
         try:
             while True:
-                line = await content.readline()
-                if not line:
-                    if self._closed:
-                        raise StopAsyncIteration
+                data = await content.readany()
+                if not data:
                     raise BackendStreamError("the stream ended before it was complete")
-                if not line.startswith(b"data:"):
-                    if line.startswith(b"error:"):
-                        raise BackendStreamError(line[6:].strip().decode(errors="replace"))
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    await self._response.read()  # to the end, so the connection goes back to the pool
-                    await self._finish(reuse=True)
-                    raise StopAsyncIteration
-                chunk = orjson.loads(data)
-                if "error" in chunk and "choices" not in chunk:
-                    err = chunk["error"]
-                    raise BackendStreamError(err.get("message", str(err)) if isinstance(err, dict) else str(err))
-                return _normalize_usage(chunk) if "usage" in chunk else chunk
+                *lines, pending = (pending + data).split(b"\n")
+                batch: list[dict] = []
+                for line in lines:
+                    chunk = _parse_line(line)
+                    if chunk is _DONE:
+                        if batch:
+                            yield batch
+                        await self._response.read()  # to the end, so the connection goes back to the pool
+                        await self._finish(reuse=True)
+                        return
+                    if chunk is not None:
+                        batch.append(chunk)
+                if batch:
+                    yield batch
         except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
             await self.aclose()
             raise BackendStreamError(_cause(exc)) from exc
@@ -120,6 +127,26 @@ class ChatStream:
     async def aclose(self) -> None:
         """Close the upstream response (idempotent); a stream not read to its end closes its connection."""
         await self._finish(reuse=False)
+
+
+_DONE: Any = object()
+
+
+def _parse_line(line: bytes) -> dict | None:
+    """The chunk of one SSE line, :data:`_DONE` for ``data: [DONE]``, None for other lines.
+    Raises BackendStreamError for an ``error:`` line or an error payload."""
+    if not line.startswith(b"data:"):
+        if line.startswith(b"error:"):
+            raise BackendStreamError(line[6:].strip().decode(errors="replace"))
+        return None
+    data = line[5:].strip()
+    if data == b"[DONE]":
+        return _DONE
+    chunk = orjson.loads(data)
+    if "error" in chunk and "choices" not in chunk:
+        err = chunk["error"]
+        raise BackendStreamError(err.get("message", str(err)) if isinstance(err, dict) else str(err))
+    return _normalize_usage(chunk) if "usage" in chunk else chunk
 
 
 class ChatClient:

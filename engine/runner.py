@@ -190,10 +190,13 @@ class TurnRun:
             opening = translator.opening(self.resumed)
             if opening:
                 yield opening
-            async for chunk in self.upstream.result.stream:
-                batch = translator.feed(plain(chunk))
-                if batch:
-                    yield batch
+            feed = translator.feed
+            async for chunks in self.upstream.result.batches:
+                events: list[Event] = []
+                for chunk in chunks:
+                    events += feed(plain(chunk))
+                if events:
+                    yield events
             yield translator.finish()
         except Exception as exc:
             error = exc

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
 from backends import BackendUnavailable, Registry, create_native_response
+from chat_client import ChatStream
 from engine.turn import Turn, bad_input
 from errors import APIError
 from metrics import BACKEND_ERRORS
@@ -57,8 +58,10 @@ class Completion:
 
 @dataclass(frozen=True, slots=True)
 class ChatChunks:
-    """An open Chat Completions stream: async-iterates chunk dicts (or SDK chunk objects)."""
-    stream: AsyncIterator[Any]
+    """An open Chat Completions stream: ``batches`` async-iterates lists of chunks (dicts
+    or SDK chunk objects; all that one network read brought), ``source`` is what to close."""
+    batches: AsyncIterator[list[Any]]
+    source: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +72,20 @@ class NativeResponse:
 
 @dataclass(frozen=True, slots=True)
 class NativeEvents:
-    """An open upstream Responses event stream: async-iterates event dicts or SDK events."""
-    stream: AsyncIterator[Any]
+    """An open upstream Responses event stream: ``batches`` async-iterates lists of events
+    (dicts or SDK events), ``source`` is what to close."""
+    batches: AsyncIterator[list[Any]]
+    source: Any
+
+
+async def _one_by_one(stream: AsyncIterator[Any]) -> AsyncIterator[list[Any]]:
+    async for item in stream:
+        yield [item]
+
+
+def _batches(stream: Any) -> AsyncIterator[list[Any]]:
+    """The gateway's own Chat stream batches per network read; any other stream goes one by one."""
+    return stream.batches() if isinstance(stream, ChatStream) else _one_by_one(stream)
 
 
 UpstreamResult = Completion | ChatChunks | NativeResponse | NativeEvents
@@ -93,12 +108,14 @@ class Upstream:
             return
         self._closed = True
         try:
-            stream = getattr(self.result, "stream", None)
-            aclose = getattr(stream, "aclose", None) or getattr(stream, "close", None)
-            if aclose is not None:
-                outcome = aclose()
-                if hasattr(outcome, "__await__"):
-                    await outcome
+            if isinstance(self.result, (ChatChunks, NativeEvents)):
+                await self.result.batches.aclose()
+                source = self.result.source
+                aclose = getattr(source, "aclose", None) or getattr(source, "close", None)
+                if aclose is not None:
+                    outcome = aclose()
+                    if hasattr(outcome, "__await__"):
+                        await outcome
         except Exception:
             log.debug("closing the upstream stream failed", exc_info=True)
         finally:
@@ -110,10 +127,10 @@ async def _send(turn: Turn, calls: BackendCalls, registry: Registry, endpoint: s
     if calls.is_ext_openai_endpoint(registry, endpoint):
         result = await create_native_response(
             client, native_request(turn.body, turn.items, model, stream=turn.stream))
-        return NativeEvents(result) if turn.stream else NativeResponse(plain(result))
+        return NativeEvents(_batches(result), result) if turn.stream else NativeResponse(plain(result))
     params = chat_request_params(turn.body, turn.messages, model, stream=turn.stream)
     result = await calls.create_chat_with_retries(client, params)
-    return ChatChunks(result) if turn.stream else Completion(plain(result))
+    return ChatChunks(_batches(result), result) if turn.stream else Completion(plain(result))
 
 
 async def _choose(calls: BackendCalls, registry: Registry, model: str, excluded: set[str],
