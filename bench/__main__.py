@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bench.backend import PACED_MODEL, run
 from bench.client import Target
+from bench.peers import measure_peer, start_litellm
 from bench.procs import REPO, Child, make_workdir, raise_fd_limit, start_backend, start_gateway
 from bench.report import count_errors, evaluate, render, write_json
 from bench.suite import PRESETS, Context, run_suite
@@ -69,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--flat-concurrency", type=int)
     g.add_argument("--chain-depths", type=_ints, help="chain depths, e.g. 1,10,100")
     g.add_argument("--stream-chunks", type=_ints, help="short and long stream chunk counts, e.g. 8,256")
+    p.add_argument("--compare-litellm", metavar="LITELLM",
+                   help="also measure LiteLLM's proxy (this litellm executable, from its own venv) on the same "
+                        "backend, and compare CPU per request")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, store)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p.parse_args(argv)
@@ -88,6 +92,15 @@ def _git_commit() -> str | None:
         return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _measure_litellm(command: str, workdir: Path, backend: Target, sizes, model: str, log) -> dict:
+    child, target = start_litellm(workdir, command, backend.port)
+    log(f"LiteLLM on {target.url} (pid {child.pid})")
+    try:
+        return {"url": target.url, "pid": child.pid, "workloads": run(measure_peer(target, child.pid, sizes, model, log))}
+    finally:
+        child.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                   only=tuple(k.strip() for k in (args.workloads or "").split(",") if k.strip()), log=log)
     try:
         measured = run(run_suite(ctx, sizes))
+        if args.compare_litellm and backend is not None:
+            measured["peers"] = {"litellm": _measure_litellm(args.compare_litellm, workdir, backend, sizes,
+                                                             args.model, log)}
     except Exception as exc:
         for child in children:
             if not child.alive():

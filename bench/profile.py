@@ -28,8 +28,8 @@ from bench.workloads import basic_workloads, chain_workload
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Top-level files and folders of the gateway itself (the rest is libraries).
-GATEWAY_CODE = ("router.py", "preflight.py", "api/", "engine/", "requests/", "backends.py", "db.py", "cache.py",
-                "config.py", "errors.py", "metrics.py")
+GATEWAY_CODE = ("router.py", "preflight.py", "api/", "engine/", "requests/", "backends.py", "chat_client.py", "db.py",
+                "cache.py", "config.py", "errors.py", "metrics.py")
 
 
 def parse_stacks(text: str) -> list[tuple[list[str], int]]:
