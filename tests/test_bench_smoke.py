@@ -79,5 +79,20 @@ def test_every_target_is_judged(report):
             "added_p50_store_false", "added_p99_store_false", "chain_cpu_ratio", "peak_rss_streams",
             "rss_flatness", "cpu_cache_hit"} <= keys
     for target in report["targets"]:
+        if target["key"] == "cpu_vs_litellm":  # judged only with --compare-litellm
+            assert "peers" not in report and target["value"] is None and target["pass"] is None
+            continue
         assert target["value"] is not None, target["key"]
         assert target["pass"] in (True, False), target["key"]
+
+
+def test_peer_comparison_is_judged_and_shown(report):
+    from bench.report import evaluate, render
+    peer = {"label": "non-stream, store:false", "gateway": {"cpu_ms_per_request": 8.0, "errors": 0,
+                                                            "error_kinds": {}, "latency_ms": {"p50": 9.0}}}
+    compared = {**report, "peers": {"litellm": {"workloads": {"nonstream_store_false": peer}}}}
+    ours = report["workloads"]["nonstream_store_false"]["gateway"]["cpu_ms_per_request"]
+    verdict = {t["key"]: t for t in evaluate(compared)}["cpu_vs_litellm"]
+    assert verdict["value"] == ours / 8.0 and verdict["pass"] == (ours / 8.0 <= 0.1)
+    compared["targets"] = evaluate(compared)
+    assert "non-stream, store:false vs litellm" in render(compared)
