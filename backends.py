@@ -159,8 +159,13 @@ class Registry:
         return out
 
     def models(self) -> list[str]:
-        """Every model name served by a reachable endpoint, sorted."""
-        return sorted({m for ep in self.endpoints.values() if ep.reachable is not False for m in ep.models})
+        """Every model name served by a reachable endpoint, and every ``model_aliases`` name
+        whose model is, sorted."""
+        reachable = [ep for ep in self.endpoints.values() if ep.reachable is not False]
+        names = {m for ep in reachable for m in ep.models}
+        names.update(alias for alias, target in self.settings.model_aliases.items()
+                     if any(ep.name_for(target) for ep in reachable))
+        return sorted(names)
 
     async def choose(self, model: str, exclude: tuple | set = ()) -> tuple[str, str]:
         """Pick an endpoint for ``model`` and take one usage slot there.

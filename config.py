@@ -25,6 +25,9 @@ class ConfigError(RuntimeError):
     """The configuration cannot be used; the message names the key at fault."""
 
 
+HostedToolPolicy = Literal["drop", "reject"]
+
+
 class Settings(BaseSettings):
     """Validated gateway settings. Times are seconds, sizes bytes."""
 
@@ -51,6 +54,12 @@ class Settings(BaseSettings):
     discovery_ttl: float = Field(30, gt=0)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_input_items: int = Field(4096, ge=1)
+    #: Client model names served by other models: ``{"gpt-5.1-codex": "qwen3-coder:30b"}``.
+    model_aliases: dict[str, str] = Field(default_factory=dict)
+    #: What a translated (Chat) endpoint does with a hosted tool it cannot run (web_search,
+    #: file_search, ...): ``drop`` it (not offered upstream; logged once per type) or ``reject``
+    #: the request with a 400. One word for every type, or a mapping per type with ``default``.
+    hosted_tools: HostedToolPolicy | dict[str, HostedToolPolicy] = "drop"
 
     @field_validator("endpoints", "llama_server_endpoints", "native_responses_endpoints")
     @classmethod
@@ -68,6 +77,22 @@ class Settings(BaseSettings):
         if isinstance(value, list) and not all(isinstance(k, str) and k for k in value):
             raise ValueError("every key must be a non-empty string")
         return value or None
+
+    @field_validator("model_aliases")
+    @classmethod
+    def _aliases(cls, aliases: dict[str, str]) -> dict[str, str]:
+        for alias, target in aliases.items():
+            if not alias or not isinstance(target, str) or not target:
+                raise ValueError(f"alias {alias!r} needs a non-empty model name")
+            if target in aliases:
+                raise ValueError(f"alias {alias!r} points at another alias, {target!r}")
+        return aliases
+
+    def hosted_tool_policy(self, tool_type: str) -> HostedToolPolicy:
+        """``drop`` or ``reject`` for hosted tools of ``tool_type`` on translated endpoints."""
+        if isinstance(self.hosted_tools, str):
+            return self.hosted_tools
+        return self.hosted_tools.get(tool_type) or self.hosted_tools.get("default") or "drop"
 
     @property
     def router_api_keys(self) -> list[str]:

@@ -85,7 +85,8 @@ _CREATE_BODY = {"requestBody": {"required": True, "content": {
 async def create_response(request: Request) -> Response:
     """Create a model response (OpenAI ``POST /v1/responses``)."""
     gateway = _gateway(request)
-    turn = await prepare_turn(gateway.store, await _parse_body(request), _owner(request))
+    turn = await prepare_turn(gateway.store, await _parse_body(request), _owner(request),
+                              gateway.settings.model_aliases)
     run = TurnRun(gateway, turn)
 
     cached = await run.from_cache()

@@ -36,10 +36,18 @@ class Turn:
     input_items: list[dict]
     history: list[dict] = field(default_factory=list)
     created_at: int = field(default_factory=lambda: int(time.time()))
+    #: The model asked of the endpoints (``model_aliases`` applied); None: the client's own name.
+    upstream_model: str | None = None
 
     @property
     def model(self) -> str:
+        """The model name the client asked for (and every Response reports)."""
         return self.body["model"]
+
+    @property
+    def routed_model(self) -> str:
+        """The model name endpoints are asked for."""
+        return self.upstream_model or self.body["model"]
 
     @property
     def store(self) -> bool:
@@ -80,7 +88,7 @@ class Turn:
         """Keyword arguments that re-issue upstream Response objects as this turn's."""
         return dict(response_id=self.id, request=self.body, created_at=self.created_at,
                     previous_response_id=self.previous_response_id, store=self.store,
-                    background=self.background)
+                    background=self.background, model=self.model if self.upstream_model else None)
 
 
 async def _resolve_references(store: ResponseStore, items: list[dict], owner: str | None) -> list[dict]:
@@ -94,8 +102,10 @@ async def _resolve_references(store: ResponseStore, items: list[dict], owner: st
     return [found[item["id"]] if item["type"] == "item_reference" else item for item in items]
 
 
-async def prepare_turn(store: ResponseStore, body: dict, owner: str | None) -> Turn:
-    """The :class:`Turn` of a validated create ``body`` for tenant ``owner``.
+async def prepare_turn(store: ResponseStore, body: dict, owner: str | None,
+                       aliases: dict[str, str] | None = None) -> Turn:
+    """The :class:`Turn` of a validated create ``body`` for tenant ``owner``; ``aliases``
+    (``model_aliases``) name the model the endpoints are asked for instead.
 
     Raises APIError 400 for malformed input items, 404 ``item_not_found`` for an
     ``item_reference`` and 404 ``previous_response_not_found`` for a
@@ -114,4 +124,5 @@ async def prepare_turn(store: ResponseStore, body: dict, owner: str | None) -> T
             raise APIError(404, f"Previous response with id '{previous}' not found.",
                            param="previous_response_id", code="previous_response_not_found")
         history = chain
-    return Turn(id=new_id("resp"), body=body, owner=owner, input_items=input_items, history=history)
+    return Turn(id=new_id("resp"), body=body, owner=owner, input_items=input_items, history=history,
+                upstream_model=(aliases or {}).get(body["model"]))

@@ -25,7 +25,7 @@ from errors import APIError
 from metrics import BACKEND_ERRORS
 from requests.common import plain
 from requests.native import native_request
-from requests.params import chat_request_params
+from requests.params import chat_request_params, dropped_hosted_tools
 from requests.responses import InvalidInput
 
 __all__ = ["BackendCalls", "Completion", "ChatChunks", "NativeResponse", "NativeEvents", "UpstreamResult",
@@ -122,13 +122,28 @@ class Upstream:
             await self._release()
 
 
+#: Hosted tool types already logged as dropped (the warning is given once per type and process).
+_warned_dropped: set[str] = set()
+
+
+def _warn_dropped(turn: Turn, registry: Registry) -> None:
+    for tool_type in dropped_hosted_tools(turn.body.get("tools"), registry.settings.hosted_tool_policy):
+        if tool_type not in _warned_dropped:
+            _warned_dropped.add(tool_type)
+            log.warning("hosted tool %r is not offered to Chat Completions backends (hosted_tools: drop); "
+                        "requests with it go on without it", tool_type)
+
+
 async def _send(turn: Turn, calls: BackendCalls, registry: Registry, endpoint: str, model: str) -> UpstreamResult:
     client = calls._make_openai_client(registry, endpoint)
     if calls.is_ext_openai_endpoint(registry, endpoint):
         result = await create_native_response(
             client, native_request(turn.body, turn.items, model, stream=turn.stream))
         return NativeEvents(_batches(result), result) if turn.stream else NativeResponse(plain(result))
-    params = chat_request_params(turn.body, turn.messages, model, stream=turn.stream)
+    params = chat_request_params(turn.body, turn.messages, model, stream=turn.stream,
+                                 hosted_policy=registry.settings.hosted_tool_policy)
+    if turn.body.get("tools"):
+        _warn_dropped(turn, registry)
     result = await calls.create_chat_with_retries(client, params)
     return ChatChunks(_batches(result), result) if turn.stream else Completion(plain(result))
 
@@ -155,7 +170,7 @@ async def open_upstream(turn: Turn, calls: BackendCalls, registry: Registry) -> 
     excluded: set[str] = set()
     unavailable: BackendUnavailable | None = None
     while True:
-        endpoint, model = await _choose(calls, registry, turn.model, excluded, unavailable)
+        endpoint, model = await _choose(calls, registry, turn.routed_model, excluded, unavailable)
 
         def release(endpoint: str = endpoint, model: str = model) -> Awaitable[None]:
             return calls.decrement_usage(registry, endpoint, model)

@@ -55,15 +55,17 @@ def native_request(body: dict, items: list[dict], model: str, *, stream: bool) -
 
 
 def native_to_response(upstream: dict, *, response_id: str, request: dict, created_at: int,
-                       previous_response_id: str | None, store: bool, background: bool) -> dict:
+                       previous_response_id: str | None, store: bool, background: bool,
+                       model: str | None = None) -> dict:
     """An upstream Response object re-issued under the gateway's ``response_id``.
 
     Output, usage, status and errors come from upstream; the echoed settings from
-    the gateway's own request; missing required fields are filled.
+    the gateway's own request; missing required fields are filled. ``model``, when
+    given (an aliased model), replaces the upstream's model name.
     """
     status = upstream.get("status") or "completed"
     return build_response_object(
-        response_id=response_id, model=upstream.get("model") or request.get("model", ""),
+        response_id=response_id, model=model or upstream.get("model") or request.get("model", ""),
         output_items=upstream.get("output") or [], status=status, request=request,
         created_at=created_at, completed_at=upstream.get("completed_at"),
         usage=complete_usage(upstream.get("usage")), previous_response_id=previous_response_id,
@@ -88,9 +90,10 @@ class NativeStreamTranslator:
 
     def __init__(self, *, response_id: str, request: dict, created_at: int,
                  previous_response_id: str | None, store: bool, background: bool,
-                 seq: Sequencer | None = None):
+                 model: str | None = None, seq: Sequencer | None = None):
         self._meta = dict(response_id=response_id, request=request, created_at=created_at,
-                          previous_response_id=previous_response_id, store=store, background=background)
+                          previous_response_id=previous_response_id, store=store, background=background,
+                          model=model)
         self.seq = seq or Sequencer()
         self.items: list[dict] = []
         self.final: dict | None = None

@@ -6,25 +6,56 @@ OpenAI's Responses and Chat Completions APIs name them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from requests.common import InvalidInput
 
-__all__ = ["tools_responses_to_chat", "tool_choice_to_chat", "text_format_to_response_format",
-           "chat_request_params"]
+__all__ = ["HOSTED_TOOL_TYPES", "HostedPolicy", "tools_responses_to_chat", "dropped_hosted_tools",
+           "tool_choice_to_chat", "text_format_to_response_format", "chat_request_params"]
+
+#: Tool types OpenAI runs on its own side (``openai.types.responses.Tool``): a Chat
+#: Completions backend cannot run them.
+HOSTED_TOOL_TYPES = frozenset({
+    "file_search", "web_search", "web_search_2025_08_26", "web_search_preview", "web_search_preview_2025_03_11",
+    "mcp", "code_interpreter", "programmatic_tool_calling", "image_generation", "tool_search"})
+
+#: ``tool type -> "drop" | "reject"``: what to do with a hosted tool on a Chat backend.
+HostedPolicy = Callable[[str], str]
 
 
-def tools_responses_to_chat(tools: list[dict] | None) -> list[dict]:
+def _reject_all(tool_type: str) -> str:
+    return "reject"
+
+
+def dropped_hosted_tools(tools: list[dict] | None, hosted_policy: HostedPolicy) -> list[str]:
+    """The hosted tool types of ``tools`` that ``hosted_policy`` drops, in order, once each."""
+    out: list[str] = []
+    for tool in tools or ():
+        ttype = tool.get("type") if isinstance(tool, dict) else None
+        if ttype in HOSTED_TOOL_TYPES and ttype not in out and hosted_policy(ttype) == "drop":
+            out.append(ttype)
+    return out
+
+
+def tools_responses_to_chat(tools: list[dict] | None, hosted_policy: HostedPolicy | None = None) -> list[dict]:
     """Translate Responses function tools (flat) to Chat Completions tools (nested).
 
     ``{"type": "function", "name", "description", "parameters", "strict"}`` ->
     ``{"type": "function", "function": {...}}``. A hosted tool type (web_search,
-    file_search, ...) raises :class:`InvalidInput`: a Chat Completions backend
-    cannot run it and dropping it silently would change the answer.
+    file_search, ...: :data:`HOSTED_TOOL_TYPES`) is left out when
+    ``hosted_policy(type)`` says ``"drop"``; otherwise (and by default) it raises
+    :class:`InvalidInput`, as does any other tool type a Chat backend cannot take.
     """
+    policy = hosted_policy or _reject_all
     out = []
     for i, tool in enumerate(tools or []):
         ttype = tool.get("type") if isinstance(tool, dict) else None
+        if ttype in HOSTED_TOOL_TYPES:
+            if policy(ttype) == "drop":
+                continue
+            raise InvalidInput(f"Hosted tool {ttype!r} cannot run on this model's backend (it speaks Chat "
+                               "Completions); the gateway's 'hosted_tools' setting can leave such tools out.",
+                               f"tools[{i}].type", "unsupported_tool")
         if ttype != "function":
             raise InvalidInput(f"Tool type {ttype!r} is not supported by this model's backend; "
                                "only 'function' tools are.", f"tools[{i}].type", "unsupported_tool")
@@ -67,6 +98,9 @@ def tool_choice_to_chat(tool_choice: Any, chat_tools: list[dict]) -> tuple[Any, 
             raise InvalidInput("allowed_tools 'tools' must be a list of tool objects.", "tool_choice.tools")
         names = {t.get("name") for t in allowed if t.get("type") == "function"}
         return tool_choice.get("mode", "auto"), [t for t in chat_tools if t["function"]["name"] in names]
+    if kind in HOSTED_TOOL_TYPES:
+        raise InvalidInput(f"tool_choice forces the hosted tool {kind!r}, which this model's backend (Chat "
+                           "Completions) cannot run.", "tool_choice")
     raise InvalidInput(f"tool_choice type {kind!r} is not supported by this model's backend.",
                        "tool_choice")
 
@@ -92,16 +126,18 @@ def text_format_to_response_format(text: dict | None) -> dict | None:
 _SAMPLING_KEYS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 
 
-def chat_request_params(body: dict, messages: list[dict], model: str, *, stream: bool) -> dict:
+def chat_request_params(body: dict, messages: list[dict], model: str, *, stream: bool,
+                        hosted_policy: HostedPolicy | None = None) -> dict:
     """Build the Chat Completions request for a Responses create ``body``.
 
-    Maps ``max_output_tokens`` -> ``max_tokens``, sampling options, tools,
-    ``tool_choice``, ``parallel_tool_calls`` (only with tools), ``text.format``
-    -> ``response_format`` and ``reasoning.effort`` -> ``reasoning_effort``.
+    Maps ``max_output_tokens`` -> ``max_tokens``, sampling options, tools (hosted
+    ones by ``hosted_policy``, see :func:`tools_responses_to_chat`), ``tool_choice``,
+    ``parallel_tool_calls`` (only with tools), ``text.format`` ->
+    ``response_format`` and ``reasoning.effort`` -> ``reasoning_effort``.
     Streaming asks for a final usage chunk. Raises :class:`InvalidInput`.
     """
     params: dict[str, Any] = {"model": model, "messages": messages}
-    tools = tools_responses_to_chat(body.get("tools"))
+    tools = tools_responses_to_chat(body.get("tools"), hosted_policy)
     tool_choice, tools = tool_choice_to_chat(body.get("tool_choice"), tools)
     if tools and tool_choice != "none":
         params["tools"] = tools

@@ -505,6 +505,8 @@ class Backend:
         self.openai = MagicMock(name="openai-client")
         self.openai.responses.create = AsyncMock(side_effect=self._next_result)
         self.decrement = AsyncMock()
+        endpoint = "https://api.openai.com/v1" if native else "http://llama:8080"
+        self.choose_endpoint = AsyncMock(return_value=(endpoint, model))
         self._stack = ExitStack()
 
     def _next_result(self, *args: Any, **kwargs: Any) -> Any:
@@ -521,9 +523,8 @@ class Backend:
 
     def __enter__(self) -> "Backend":
         import api.responses as api_responses
-        endpoint = "https://api.openai.com/v1" if self.native else "http://llama:8080"
         for name, value in (
-                ("choose_endpoint", AsyncMock(return_value=(endpoint, self.model))),
+                ("choose_endpoint", self.choose_endpoint),
                 ("decrement_usage", self.decrement),
                 ("is_ext_openai_endpoint", MagicMock(return_value=self.native)),
                 ("_make_openai_client", MagicMock(return_value=self.openai)),

@@ -265,14 +265,69 @@ HOSTED_TOOLS = [
 ]
 
 
-async def test_hosted_tool_types_are_rejected_on_a_chat_backend(client):
+@pytest.mark.parametrize("tool", HOSTED_TOOLS, ids=lambda t: t["type"])
+async def test_hosted_tools_are_dropped_by_default_and_echoed(client, tool):
+    with Backend(chat_completion("ok")) as backend:
+        r = await client.post("/v1/responses", json={"model": MODEL, "input": "search",
+                                                     "tools": [WEATHER_TOOL, tool]})
+    assert r.status_code == 200, r.text
+    resp = r.json()
+    # The SDK types every tool; the Open Responses schema knows function tools only.
+    check_response(resp, spec=False)
+    check_response({**resp, "tools": [t for t in resp["tools"] if t["type"] == "function"]})
+    sent = backend.chat_params[0]["tools"]
+    assert [t["function"]["name"] for t in sent] == ["get_weather"]          # only what the backend can run
+    assert [t["type"] for t in resp["tools"]] == ["function", tool["type"]]   # the Response echoes both
+    assert resp["tools"][1] == tool
+
+
+async def test_a_dropped_hosted_tool_is_logged_once_per_type(client, caplog):
+    import engine.upstream
+    engine.upstream._warned_dropped.discard("image_generation")
+    with caplog.at_level("WARNING", logger="nomyo_router.upstream"):
+        with Backend(chat_completion("ok"), chat_completion("ok")):
+            for _ in range(2):
+                r = await client.post("/v1/responses", json={"model": MODEL, "input": "draw",
+                                                             "tools": [{"type": "image_generation"}]})
+                assert r.status_code == 200, r.text
+    assert [r.getMessage() for r in caplog.records].count(
+        "hosted tool 'image_generation' is not offered to Chat Completions backends (hosted_tools: drop); "
+        "requests with it go on without it") == 1
+
+
+async def test_hosted_tools_rejected_by_policy(gateway_factory):
+    async with gateway_factory(hosted_tools={"web_search": "drop", "default": "reject"}) as http:
+        with Backend(chat_completion("ok"), chat_completion("ok")) as backend:
+            for tool in HOSTED_TOOLS:
+                r = await http.post("/v1/responses", json={"model": MODEL, "input": "search",
+                                                           "tools": [WEATHER_TOOL, tool]})
+                if tool["type"] == "web_search":
+                    assert r.status_code == 200, r.text
+                    continue
+                error = assert_openai_error(r, 400)
+                assert error["param"] == "tools[1].type" and error["code"] == "unsupported_tool", (tool, error)
+                assert tool["type"] in error["message"]
+    assert backend.chat.call_count == 1
+
+
+async def test_tool_choice_forcing_a_dropped_hosted_tool_is_400(client):
     with Backend(chat_completion("never")) as backend:
-        for tool in HOSTED_TOOLS:
-            r = await client.post("/v1/responses", json={"model": MODEL, "input": "search",
-                                                         "tools": [WEATHER_TOOL, tool]})
-            error = assert_openai_error(r, 400)
-            assert error["param"] == "tools[1].type", (tool, error)
+        r = await client.post("/v1/responses", json={"model": MODEL, "input": "search",
+                                                     "tools": [{"type": "web_search_preview"}],
+                                                     "tool_choice": {"type": "web_search_preview"}})
+    error = assert_openai_error(r, 400)
+    assert error["param"] == "tool_choice" and "web_search_preview" in error["message"]
     assert backend.chat.call_count == 0
+
+
+async def test_hosted_tools_pass_through_to_a_native_endpoint(client):
+    from test_conformance_native import message, upstream_response
+    with Backend(upstream_response([message("Found it.")]), native=True, model="gpt-5-mini") as backend:
+        r = await client.post("/v1/responses", json={"model": "gpt-5-mini", "input": "search",
+                                                     "tools": HOSTED_TOOLS})
+    assert r.status_code == 200, r.text
+    check_response(r.json(), spec=False)
+    assert backend.native_params[0]["tools"] == HOSTED_TOOLS
 
 
 # ── output controls ────────────────────────────────────────────────────────────

@@ -171,3 +171,38 @@ def test_start_up_stops_with_one_sentence_when_another_requests_wins(tmp_path):
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and str(other) in lines[0] and "this project's requests/ package" in lines[0]
+
+
+# ── model aliases ──────────────────────────────────────────────────────────────
+
+async def test_a_model_alias_reaches_its_model_and_reports_the_name_asked_for(gateway_factory):
+    from tests.e2e.ollama_server import DEFAULT_TEXT, OllamaTestServer
+    with OllamaTestServer(models=["tiny:latest"], loaded=["tiny:latest"]) as ollama:
+        async with gateway_factory(endpoints=[ollama.url], model_aliases={"gpt-5.1-codex": "tiny"}) as http:
+            obj = await create(http, {"model": "gpt-5.1-codex", "input": "hi"})
+            events = await create_stream(http, {"model": "gpt-5.1-codex", "input": "hi", "store": False})
+            models = (await http.get("/v1/models")).json()["data"]
+            unknown = await http.post("/v1/responses", json={"model": "gpt-5.1", "input": "hi"})
+        asked = [body["model"] for body in ollama.requests]
+    assert obj["model"] == "gpt-5.1-codex" and obj["output_text"] == DEFAULT_TEXT
+    assert check_stream(events).response["model"] == "gpt-5.1-codex"
+    assert asked == ["tiny:latest", "tiny:latest"]
+    assert {"gpt-5.1-codex", "tiny:latest"} <= {m["id"] for m in models}
+    assert assert_openai_error(unknown, 404)["code"] == "model_not_found"
+
+
+async def test_an_aliased_native_model_reports_the_name_asked_for(client):
+    router.app.state.gateway.settings.model_aliases["codex-local"] = "gpt-5-mini"
+    try:
+        with Backend(upstream_response([message("Hi.")]), native=True, model="gpt-5-mini") as backend:
+            obj = await create(client, {"model": "codex-local", "input": "hi"})
+        assert backend.choose_endpoint.call_args.args[1] == "gpt-5-mini"
+    finally:
+        del router.app.state.gateway.settings.model_aliases["codex-local"]
+    assert obj["model"] == "codex-local"
+
+
+def test_an_alias_may_not_point_at_another_alias():
+    from config import Settings
+    with pytest.raises(ValueError, match="points at another alias"):
+        Settings(model_aliases={"a": "b", "b": "c"})
