@@ -158,6 +158,10 @@ class Registry:
                 out.append((ep, name))
         return out
 
+    def has_native_endpoints(self) -> bool:
+        """Whether any endpoint is served natively (an upstream Responses API)."""
+        return any(ep.native for ep in self.endpoints.values())
+
     def models(self) -> list[str]:
         """Every model name served by a reachable endpoint, and every ``model_aliases`` name
         whose model is, sorted."""

@@ -100,10 +100,9 @@ class ChatStream:
                 for line in lines:
                     chunk = _parse_line(line)
                     if chunk is _DONE:
+                        self._finish_after_done()
                         if batch:
                             yield batch
-                        await self._response.read()  # to the end, so the connection goes back to the pool
-                        await self._finish(reuse=True)
                         return
                     if chunk is not None:
                         batch.append(chunk)
@@ -115,6 +114,18 @@ class ChatStream:
         except BackendStreamError:
             await self.aclose()
             raise
+
+    def _finish_after_done(self) -> None:
+        """The answer is complete: nothing after ``[DONE]`` may hold or fail it. The
+        connection goes back to the pool once its body has ended; a body still open is
+        drained in the background for at most :data:`DRAIN_SECONDS`, then closed."""
+        self._closed = True
+        if self._response.content.at_eof():
+            self._response.release()
+            return
+        task = asyncio.ensure_future(_drain(self._response))
+        _DRAINS.add(task)
+        task.add_done_callback(_DRAINS.discard)
 
     async def _finish(self, *, reuse: bool) -> None:
         if not self._closed:
@@ -130,6 +141,21 @@ class ChatStream:
 
 
 _DONE: Any = object()
+#: Seconds a stream's body may stay open after ``[DONE]`` before its connection is dropped.
+DRAIN_SECONDS = 2.0
+_DRAINS: set[asyncio.Task] = set()
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            await response.read()
+        response.release()
+    except asyncio.CancelledError:
+        response.close()
+        raise
+    except Exception:  # a body that broke or stayed open after the answer: drop its connection
+        response.close()
 
 
 def _parse_line(line: bytes) -> dict | None:

@@ -94,6 +94,11 @@ async def create_response(request: Request) -> Response:
         return EventStreamResponse(sse_of_events(response_to_events(cached))) if turn.stream else _json(cached)
 
     if turn.background:
+        if not gateway.registry.has_native_endpoints():
+            try:  # only Chat endpoints: input Chat cannot express is a 400 now, not a failed job later
+                turn.messages
+            except InvalidInput as exc:
+                raise bad_input(exc) from None
         job = await gateway.jobs.submit(turn)
         if turn.stream:
             return EventStreamResponse(sse_of_batches(job.follow()))

@@ -100,7 +100,9 @@ class JobManager:
             if turn.stream:
                 job.publish(closing)
         except Exception as exc:  # recorded as failed by the run
-            await run.settle(exc)
+            closing = await run.settle(exc)
+            if turn.stream:
+                job.publish(closing)
         finally:
             try:
                 if turn.stream:

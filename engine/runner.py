@@ -92,6 +92,7 @@ class TurnRun:
         self.row_written = False
         self.stopping: str | None = None
         self._cache_write: Callable[[dict], Awaitable[None]] | None = None
+        self._settling: asyncio.Future | None = None
 
     # ── the cache ─────────────────────────────────────────────────────────────
     def _cache_options(self) -> dict:
@@ -232,19 +233,29 @@ class TurnRun:
         return failer.final, closing
 
     async def settle(self, error: BaseException | None = None) -> list[Event]:
-        """End the run (idempotent): close the upstream and give its slot back, decide
-        the final state, record it; returns the events not yet sent (the failure or
-        cancellation events, for a follower that is still there). ``error`` is what
-        ended it: None (the upstream finished), a cancellation, or the failure."""
-        if self.final is not None:
-            return self.closing
-        self.final, self.closing = self._decide(error)
+        """End the run (idempotent): decide the final state, then close the upstream,
+        give its slot back and record the state, in a task that a cancellation of the
+        caller cannot cut short (a follower that leaves cancels its stream again at
+        every await). Returns the events not yet sent (the failure or cancellation
+        events, for a follower that is still there). ``error`` is what ended the run:
+        None (the upstream finished), a cancellation, or the failure."""
+        if self._settling is None:
+            self.final, self.closing = self._decide(error)
+            self._settling = asyncio.ensure_future(self._close_and_record(answered=error is None))
+        await asyncio.shield(self._settling)
+        return self.closing
+
+    async def _close_and_record(self, *, answered: bool) -> None:
+        """Never raises: a store that cannot be written is logged, and the run's closing
+        events still reach its followers."""
         try:
             if self.upstream is not None:
                 await self.upstream.close()
         finally:
-            await self._record(self.final, answered=error is None)
-        return self.closing
+            try:
+                await self._record(self.final, answered=answered)
+            except Exception:
+                log.exception("the final state of response %s could not be recorded", self.turn.id)
 
     async def _record(self, final: dict, *, answered: bool) -> None:
         turn = self.turn

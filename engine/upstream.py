@@ -109,13 +109,15 @@ class Upstream:
         self._closed = True
         try:
             if isinstance(self.result, (ChatChunks, NativeEvents)):
-                await self.result.batches.aclose()
-                source = self.result.source
-                aclose = getattr(source, "aclose", None) or getattr(source, "close", None)
-                if aclose is not None:
-                    outcome = aclose()
-                    if hasattr(outcome, "__await__"):
-                        await outcome
+                try:
+                    await self.result.batches.aclose()
+                finally:
+                    source = self.result.source
+                    aclose = getattr(source, "aclose", None) or getattr(source, "close", None)
+                    if aclose is not None:
+                        outcome = aclose()
+                        if hasattr(outcome, "__await__"):
+                            await outcome
         except Exception:
             log.debug("closing the upstream stream failed", exc_info=True)
         finally:

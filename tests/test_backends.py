@@ -277,3 +277,34 @@ async def test_other_upstream_4xx_is_not_retried():
             await create_chat_with_retries(client, {"model": "x", "messages": []})
     assert (info.value.status, info.value.message, info.value.code) == (400, "bad thing", "bad")
     assert len(calls) == 1
+
+
+async def test_a_stream_is_complete_at_done_even_when_its_body_stays_open():
+    """Nothing after ``[DONE]`` holds or fails the answer: the body is left to a bounded drain."""
+    held = asyncio.Event()
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await reply.prepare(request)
+        chunk = {"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]}
+        await reply.write(b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n")
+        held.set()
+        await asyncio.sleep(30)          # the body never ends
+        return reply
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    client = ChatClient(f"http://127.0.0.1:{port}/v1", None, connect_timeout=2, read_timeout=30, max_connections=4)
+    try:
+        stream = await create_chat_with_retries(client, {"model": "x", "messages": [], "stream": True})
+        async with asyncio.timeout(5):
+            chunks = [chunk async for chunk in stream]
+        assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["Hi"] and held.is_set()
+    finally:
+        await client.close()
+        await runner.cleanup()

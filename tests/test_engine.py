@@ -206,3 +206,22 @@ def test_an_alias_may_not_point_at_another_alias():
     from config import Settings
     with pytest.raises(ValueError, match="points at another alias"):
         Settings(model_aliases={"a": "b", "b": "c"})
+
+
+async def test_background_input_chat_cannot_express_is_400_without_native_endpoints(client):
+    with Backend(chat_completion("never")) as backend:
+        reply = await client.post("/v1/responses", json={"model": "m", "input": FILE_ID_INPUT, "background": True})
+    assert assert_openai_error(reply, 400)["param"].startswith("input")
+    assert backend.choose_endpoint.call_count == 0
+
+
+async def test_a_store_that_cannot_be_written_still_ends_a_failed_stream(client, monkeypatch):
+    from backends import BackendStreamError
+    gateway = router.app.state.gateway
+
+    async def locked(*args, **kwargs):
+        raise RuntimeError("database is locked")
+    with Backend(text_chunks("Hi")[:1] + [BackendStreamError("dropped")]):
+        monkeypatch.setattr(gateway.store, "update_response", locked)
+        events = await create_stream(client, {"model": "m", "input": "hi"})
+    assert [e["type"] for e in events][-2:] == ["error", "response.failed"]
