@@ -15,6 +15,8 @@ from typing import Any
 
 from db import ResponseStore
 from errors import APIError
+from requests.tools import ToolMap
+from requests.params import tool_map
 from requests.responses import (InvalidInput, build_response_object, new_id, normalize_input_items,
                                 responses_input_to_messages)
 
@@ -77,6 +79,12 @@ class Turn:
         Raises :class:`InvalidInput` for what Chat Completions cannot express
         (an ``input_file`` by ``file_id``, say)."""
         return responses_input_to_messages(self.items, self.body.get("instructions"))
+
+    @cached_property
+    def tool_map(self) -> ToolMap:
+        """How this turn's tools are offered to a Chat model and how its calls come back
+        (hosted tools left out: a Chat model was never offered them)."""
+        return tool_map(self.body.get("tools"), lambda tool_type: "drop")
 
     def response(self, status: str, output_items: list[dict] | None = None, **fields: Any) -> dict:
         """This turn's Response object with ``status`` and ``output_items``."""

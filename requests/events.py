@@ -20,7 +20,8 @@ __all__ = [
     "ArgumentsDeltaEvent", "ArgumentsDoneEvent", "ErrorEvent", "MessageItem", "ReasoningItem",
     "FunctionCallItem", "StreamTranslator", "Sequencer", "TERMINAL_TYPES", "response_event", "item_added",
     "item_done", "part_added", "part_done", "text_delta", "text_done", "arguments_delta", "arguments_done",
-    "error_event", "closing_events", "replay_item", "sse_frame",
+    "custom_input_delta", "custom_input_done", "error_event", "opened", "closing_events", "replay_item",
+    "sse_frame",
 ]
 
 #: The event types that end a stream; exactly one of them ends every stream.
@@ -237,6 +238,18 @@ def arguments_done(item_id: str, output_index: int, name: str | None, arguments:
             "name": name, "arguments": arguments}
 
 
+def custom_input_delta(item_id: str, output_index: int, delta: str) -> Event:
+    """``response.custom_tool_call_input.delta``."""
+    return {"type": "response.custom_tool_call_input.delta", "item_id": item_id, "output_index": output_index,
+            "delta": delta}  # type: ignore[typeddict-unknown-key]
+
+
+def custom_input_done(item_id: str, output_index: int, text: str) -> Event:
+    """``response.custom_tool_call_input.done`` with the whole ``input``."""
+    return {"type": "response.custom_tool_call_input.done", "item_id": item_id, "output_index": output_index,
+            "input": text}  # type: ignore[typeddict-unknown-key]
+
+
 def error_event(message: str, code: str = "server_error") -> ErrorEvent:
     """An ``error`` event: flat fields as the ``openai`` SDK types it, and the
     nested ``error`` payload the Open Responses schema requires."""
@@ -258,6 +271,8 @@ def closing_events(output_index: int, item: dict) -> list[Event]:
     events: list[Event] = []
     if item.get("type") == "function_call":
         events.append(arguments_done(item_id, output_index, item.get("name"), item.get("arguments", "")))
+    elif item.get("type") == "custom_tool_call":
+        events.append(custom_input_done(item_id, output_index, item.get("input", "")))
     else:
         for index, part in enumerate(item.get("content") or ()):
             if part.get("type") in _TEXT_PARTS:
@@ -274,6 +289,10 @@ def opened(item: dict) -> dict:
         return {**item, "status": "in_progress", "content": []}
     if kind == "function_call":
         return {**item, "status": "in_progress", "arguments": ""}
+    if kind == "custom_tool_call":
+        return {**item, "input": ""}
+    if "status" in item:
+        return {**item, "status": "in_progress"}
     return item
 
 
@@ -289,6 +308,8 @@ def replay_item(output_index: int, item: dict) -> list[Event]:
     events: list[Event] = [item_added(output_index, opened(item))]
     if item.get("type") == "function_call":
         events.append(arguments_delta(item_id, output_index, item.get("arguments", "")))
+    elif item.get("type") == "custom_tool_call":
+        events.append(custom_input_delta(item_id, output_index, item.get("input", "")))
     elif item.get("type") in ("message", "reasoning"):
         for index, part in enumerate(item.get("content") or ()):
             events.append(part_added(item_id, output_index, index, _empty(part)))

@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from requests.common import InvalidInput
+from requests.tools import ToolMap, chat_name
 
-__all__ = ["HOSTED_TOOL_TYPES", "HostedPolicy", "tools_responses_to_chat", "dropped_hosted_tools",
+__all__ = ["HOSTED_TOOL_TYPES", "HostedPolicy", "tool_map", "tools_responses_to_chat", "dropped_hosted_tools",
            "tool_choice_to_chat", "text_format_to_response_format", "chat_request_params"]
 
 #: Tool types OpenAI runs on its own side (``openai.types.responses.Tool``): a Chat
@@ -37,72 +38,79 @@ def dropped_hosted_tools(tools: list[dict] | None, hosted_policy: HostedPolicy) 
     return out
 
 
-def tools_responses_to_chat(tools: list[dict] | None, hosted_policy: HostedPolicy | None = None) -> list[dict]:
-    """Translate Responses function tools (flat) to Chat Completions tools (nested).
+def tool_map(tools: list[dict] | None, hosted_policy: HostedPolicy | None = None) -> ToolMap:
+    """The :class:`requests.tools.ToolMap` of a request's ``tools`` for a Chat backend.
 
-    ``{"type": "function", "name", "description", "parameters", "strict"}`` ->
-    ``{"type": "function", "function": {...}}``. A hosted tool type (web_search,
-    file_search, ...: :data:`HOSTED_TOOL_TYPES`) is left out when
+    A hosted tool type (:data:`HOSTED_TOOL_TYPES`) is left out when
     ``hosted_policy(type)`` says ``"drop"``; otherwise (and by default) it raises
-    :class:`InvalidInput`, as does any other tool type a Chat backend cannot take.
+    :class:`InvalidInput` naming it, as does any tool a Chat model cannot take.
     """
     policy = hosted_policy or _reject_all
-    out = []
-    for i, tool in enumerate(tools or []):
-        ttype = tool.get("type") if isinstance(tool, dict) else None
-        if ttype in HOSTED_TOOL_TYPES:
-            if policy(ttype) == "drop":
-                continue
-            raise InvalidInput(f"Hosted tool {ttype!r} cannot run on this model's backend (it speaks Chat "
-                               "Completions); the gateway's 'hosted_tools' setting can leave such tools out.",
-                               f"tools[{i}].type", "unsupported_tool")
-        if ttype != "function":
-            raise InvalidInput(f"Tool type {ttype!r} is not supported by this model's backend; "
-                               "only 'function' tools are.", f"tools[{i}].type", "unsupported_tool")
-        if not isinstance(tool.get("name"), str) or not tool["name"]:
-            raise InvalidInput("A function tool needs a 'name'.", f"tools[{i}].name")
-        if not isinstance(tool.get("parameters"), (dict, type(None))):
-            raise InvalidInput("A function tool's 'parameters' must be a JSON schema object.",
-                               f"tools[{i}].parameters")
-        fn = {"name": tool["name"]}
-        if tool.get("description") is not None:
-            fn["description"] = tool["description"]
-        fn["parameters"] = tool.get("parameters") if tool.get("parameters") is not None else \
-            {"type": "object", "properties": {}}
-        if tool.get("strict") is not None:
-            fn["strict"] = tool["strict"]
-        out.append({"type": "function", "function": fn})
-    return out
+
+    def skip(ttype: Any, i: int) -> bool:
+        if ttype not in HOSTED_TOOL_TYPES:
+            return False
+        if policy(ttype) == "drop":
+            return True
+        raise InvalidInput(f"Hosted tool {ttype!r} cannot run on this model's backend (it speaks Chat "
+                           "Completions); the gateway's 'hosted_tools' setting can leave such tools out.",
+                           f"tools[{i}].type", "unsupported_tool")
+    return ToolMap(tools, skip)
+
+
+def tools_responses_to_chat(tools: list[dict] | None, hosted_policy: HostedPolicy | None = None) -> list[dict]:
+    """Translate Responses tools to Chat Completions tools (see :func:`tool_map`).
+
+    ``{"type": "function", "name", "description", "parameters", "strict"}`` ->
+    ``{"type": "function", "function": {...}}``; namespaces, custom tools and the
+    client-run built-ins as ``requests.tools`` offers them.
+    """
+    return tool_map(tools, hosted_policy).chat_tools()
+
+
+#: ``tool_choice`` types that name a built-in, and the Chat function offered for it.
+_BUILTIN_CHOICES = {"local_shell": "local_shell", "shell": "shell", "apply_patch": "apply_patch",
+                    "computer": "computer", "computer_use_preview": "computer"}
+
+
+def _chat_name_of(choice: dict, where: str) -> str:
+    """The Chat function name a named tool (function, custom or built-in) was offered under."""
+    kind = choice.get("type")
+    if kind in ("function", "custom"):
+        if not isinstance(choice.get("name"), str):
+            raise InvalidInput(f"A {kind} tool_choice needs a string 'name'.", f"{where}.name")
+        return chat_name(choice["name"], choice.get("namespace"))
+    if kind in _BUILTIN_CHOICES:
+        return _BUILTIN_CHOICES[kind]
+    if kind in HOSTED_TOOL_TYPES:
+        raise InvalidInput(f"tool_choice forces the hosted tool {kind!r}, which this model's backend (Chat "
+                           "Completions) cannot run.", where)
+    raise InvalidInput(f"tool_choice type {kind!r} is not supported by this model's backend.", where)
 
 
 def tool_choice_to_chat(tool_choice: Any, chat_tools: list[dict]) -> tuple[Any, list[dict]]:
     """Translate Responses ``tool_choice`` to ``(chat tool_choice, chat tools)``.
 
-    ``"none"``/``"auto"``/``"required"`` pass as they are; ``{"type": "function",
-    "name"}`` -> ``{"type": "function", "function": {"name"}}``;
-    ``{"type": "allowed_tools", "mode", "tools"}`` narrows the tool list to those
-    named and uses ``mode``. None means unset. Raises :class:`InvalidInput`.
+    ``"none"``/``"auto"``/``"required"`` pass as they are; a named function,
+    custom tool or built-in (``{"type": "function", "name"}``, ``{"type":
+    "custom", "name"}``, ``{"type": "shell"}`` ...) forces the Chat function it
+    was offered as; ``{"type": "allowed_tools", "mode", "tools"}`` narrows the tool
+    list to those named and uses ``mode``. None means unset. A hosted tool or
+    ``mcp`` cannot be forced on a Chat backend: :class:`InvalidInput`.
     """
     if tool_choice is None or isinstance(tool_choice, str):
         if tool_choice not in (None, "none", "auto", "required"):
             raise InvalidInput(f"Invalid tool_choice {tool_choice!r}.", "tool_choice")
         return tool_choice, chat_tools
-    kind = tool_choice.get("type")
-    if kind == "function":
-        if not isinstance(tool_choice.get("name"), str):
-            raise InvalidInput("A function tool_choice needs a string 'name'.", "tool_choice.name")
-        return {"type": "function", "function": {"name": tool_choice["name"]}}, chat_tools
-    if kind == "allowed_tools":
+    if tool_choice.get("type") == "allowed_tools":
         allowed = tool_choice.get("tools")
         if not isinstance(allowed, list) or not all(isinstance(t, dict) for t in allowed):
             raise InvalidInput("allowed_tools 'tools' must be a list of tool objects.", "tool_choice.tools")
-        names = {t.get("name") for t in allowed if t.get("type") == "function"}
+        if tool_choice.get("mode", "auto") not in ("auto", "required"):
+            raise InvalidInput("allowed_tools 'mode' must be 'auto' or 'required'.", "tool_choice.mode")
+        names = {_chat_name_of(t, f"tool_choice.tools[{i}]") for i, t in enumerate(allowed)}
         return tool_choice.get("mode", "auto"), [t for t in chat_tools if t["function"]["name"] in names]
-    if kind in HOSTED_TOOL_TYPES:
-        raise InvalidInput(f"tool_choice forces the hosted tool {kind!r}, which this model's backend (Chat "
-                           "Completions) cannot run.", "tool_choice")
-    raise InvalidInput(f"tool_choice type {kind!r} is not supported by this model's backend.",
-                       "tool_choice")
+    return {"type": "function", "function": {"name": _chat_name_of(tool_choice, "tool_choice")}}, chat_tools
 
 
 def text_format_to_response_format(text: dict | None) -> dict | None:

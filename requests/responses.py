@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 from requests.common import InvalidInput, new_id
 from requests.params import tools_responses_to_chat
+from requests.tools import CALL_ITEM_TYPES, OUTPUT_ITEM_TYPES, ToolMap, call_to_chat, output_to_chat
 
 __all__ = [
     "InvalidInput",
@@ -131,9 +132,13 @@ def normalize_input_items(input: str | list | None) -> list[dict]:
             for key in ("call_id", "name", "arguments"):
                 if not isinstance(raw.get(key), str):
                     raise InvalidInput(f"function_call needs a string '{key}'.", f"{param}.{key}")
-            items.append({"type": "function_call", "id": raw.get("id") or new_id("fc"),
-                          "call_id": raw["call_id"], "name": raw["name"],
-                          "arguments": raw["arguments"], "status": raw.get("status") or "completed"})
+            call = {"type": "function_call", "id": raw.get("id") or new_id("fc"),
+                    "call_id": raw["call_id"], "name": raw["name"],
+                    "arguments": raw["arguments"], "status": raw.get("status") or "completed"}
+            if raw.get("namespace") is not None:
+                _require_str(raw, "namespace", param)
+                call["namespace"] = raw["namespace"]
+            items.append(call)
         elif item_type == "function_call_output":
             if not isinstance(raw.get("call_id"), str):
                 raise InvalidInput("function_call_output needs a string 'call_id'.", f"{param}.call_id")
@@ -154,9 +159,45 @@ def normalize_input_items(input: str | list | None) -> list[dict]:
             if not isinstance(raw.get("id"), str):
                 raise InvalidInput("item_reference needs a string 'id'.", f"{param}.id")
             items.append({"type": "item_reference", "id": raw["id"]})
+        elif item_type in _TOOL_ITEM_FIELDS:
+            items.append(_normalize_tool_item(raw, item_type, param))
         else:
             raise InvalidInput(f"Unsupported input item type {item_type!r}.", f"{param}.type")
     return items
+
+
+#: Per tool call and output item type (other than function calls): its string fields that must be
+#: present, the field holding its payload, and the id prefix of items that come without one.
+_TOOL_ITEM_FIELDS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "custom_tool_call": (("call_id", "name", "input"), "input", "ctc"),
+    "custom_tool_call_output": (("call_id",), "output", "ctco"),
+    "local_shell_call": (("call_id",), "action", "lsh"),
+    "local_shell_call_output": (("id", "output"), "output", "lsho"),
+    "shell_call": (("call_id",), "action", "sh"),
+    "shell_call_output": (("call_id",), "output", "sho"),
+    "apply_patch_call": (("call_id",), "operation", "apc"),
+    "apply_patch_call_output": (("call_id",), "status", "apco"),
+    "computer_call": (("call_id",), "action", "cu"),
+    "computer_call_output": (("call_id",), "output", "cuo"),
+}
+
+
+def _normalize_tool_item(raw: dict, item_type: str, param: str) -> dict:
+    """A client-run tool's call or output item, checked for what Chat history needs, kept as sent."""
+    required, payload, prefix = _TOOL_ITEM_FIELDS[item_type]
+    for key in required:
+        _require_str(raw, key, param)
+    if raw.get(payload) is None:
+        raise InvalidInput(f"{item_type} needs '{payload}'.", f"{param}.{payload}")
+    if item_type in ("custom_tool_call_output",) and not isinstance(raw[payload], (str, list)):
+        raise InvalidInput(f"{item_type} 'output' must be a string or a list of content parts.",
+                           f"{param}.output")
+    if item_type in ("local_shell_call", "shell_call", "apply_patch_call", "computer_call", "computer_call_output") \
+            and not isinstance(raw[payload], dict):
+        raise InvalidInput(f"{item_type} '{payload}' must be an object.", f"{param}.{payload}")
+    item = {**raw, "type": item_type}
+    item.setdefault("id", new_id(prefix))
+    return item
 
 
 # ── Responses input -> Chat Completions messages ───────────────────────────────
@@ -250,9 +291,8 @@ def responses_input_to_messages(input: str | list | None, instructions: str | No
                 msg["reasoning_content"] = "".join(pending_reasoning)
                 pending_reasoning = []
             messages.append(msg)
-        elif item_type == "function_call":
-            call = {"id": item["call_id"], "type": "function",
-                    "function": {"name": item["name"], "arguments": item["arguments"]}}
+        elif item_type in CALL_ITEM_TYPES:
+            call = call_to_chat(item)
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant" and i > 0 \
                     and _is_assistant_output(input[i - 1]):
@@ -263,9 +303,8 @@ def responses_input_to_messages(input: str | list | None, instructions: str | No
                     msg["reasoning_content"] = "".join(pending_reasoning)
                     pending_reasoning = []
                 messages.append(msg)
-        elif item_type == "function_call_output":
-            messages.append({"role": "tool", "tool_call_id": item["call_id"],
-                             "content": _tool_output_text(item["output"])})
+        elif item_type in OUTPUT_ITEM_TYPES:
+            messages.extend(output_to_chat(item))
         elif item_type == "reasoning":
             pending_reasoning.extend(
                 p.get("text", "") for p in (item.get("content") or item.get("summary") or [])
@@ -279,7 +318,7 @@ def responses_input_to_messages(input: str | list | None, instructions: str | No
 
 def _is_assistant_output(item: Any) -> bool:
     return isinstance(item, dict) and (
-        item.get("type") == "function_call"
+        item.get("type") in CALL_ITEM_TYPES
         or (item.get("type") in ("message", None) and item.get("role") == "assistant"))
 
 
@@ -325,13 +364,14 @@ def messages_to_responses_input(messages: Iterable[dict]) -> tuple[str | None, l
 
 # ── Chat Completions answer -> Responses output ────────────────────────────────
 
-def chat_message_to_output_items(message: dict) -> list[dict]:
+def chat_message_to_output_items(message: dict, tools: ToolMap | None = None) -> list[dict]:
     """Translate one assistant Chat Completions message to Responses output items.
 
     Order: a ``reasoning`` item (from llama.cpp/vLLM ``reasoning_content`` or
     Ollama ``reasoning``), then the ``message`` item with one ``output_text``
-    part, then one ``function_call`` item per tool call, each with its own
-    ``call_id`` (one is made up when the backend gave none).
+    part, then one item per tool call, each with its own ``call_id`` (one is
+    made up when the backend gave none): a ``function_call``, or with ``tools``
+    (the request's :class:`requests.tools.ToolMap`) the item of the tool called.
     """
     items: list[dict] = []
     reasoning = message.get("reasoning_content") or message.get("reasoning")
@@ -352,8 +392,11 @@ def chat_message_to_output_items(message: dict) -> list[dict]:
                       "role": "assistant", "content": [{"type": "refusal", "refusal": refusal}]})
     for call in message.get("tool_calls") or []:
         fn = call.get("function") or {}
-        items.append({"type": "function_call", "id": new_id("fc"),
-                      "call_id": call.get("id") or new_id("call"),
+        call_id = call.get("id") or new_id("call")
+        if tools is not None:
+            items.append(tools.call_item(fn.get("name") or "", fn.get("arguments") or "", call_id))
+            continue
+        items.append({"type": "function_call", "id": new_id("fc"), "call_id": call_id,
                       "name": fn.get("name") or "", "arguments": fn.get("arguments") or "",
                       "status": "completed"})
     return items

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 from requests import events as ev
 from requests.events import Event, Sequencer
 from requests.responses import new_id, output_text_of, usage_chat_to_responses
+from requests.tools import ToolMap
 
 __all__ = ["ChatStreamTranslator", "StreamState", "response_to_events", "INCOMPLETE_REASONS"]
 
@@ -67,9 +68,10 @@ class ChatStreamTranslator:
     finished output items.
     """
 
-    def __init__(self, response: dict, seq: Sequencer | None = None):
+    def __init__(self, response: dict, seq: Sequencer | None = None, tools: ToolMap | None = None):
         self.response = response
         self.seq = seq or Sequencer()
+        self.tools = tools
         self.items: list[dict] = []
         self.usage: dict | None = None
         self.finish_reason: str | None = None
@@ -78,6 +80,8 @@ class ChatStreamTranslator:
         self._item_id = ""
         self._chunks: list[str] = []
         self._call: dict | None = None      # the open function call item (FUNCTION_CALL only)
+        self._chat_name = ""                # the Chat function name of the open call
+        self._deferred = False              # the open call becomes another item type when it ends
         self._tool_index: Any = None
 
     def opening(self, resumed: bool = False) -> list[Event]:
@@ -134,20 +138,31 @@ class ChatStreamTranslator:
         index = call.get("index", 0)
         if self._state is not StreamState.FUNCTION_CALL or index != self._tool_index or self._is_new_call(call):
             self._close(events, "completed")
-            self._state = StreamState.FUNCTION_CALL
-            self._tool_index = index
-            self._item_id = new_id("fc")
-            self._chunks = []
-            self._call = {"id": self._item_id, "type": "function_call", "status": "in_progress",
-                          "call_id": call.get("id") or new_id("call"), "name": fn.get("name") or "",
-                          "arguments": ""}
-            events.append(self.seq(ev.item_added(len(self.items), dict(self._call))))
+            self._open_call(call, index, events)
         elif fn.get("name") and not self._call["name"]:
-            self._call["name"] = fn["name"]
+            self._call["name"] = self._chat_name = fn["name"]
         args = fn.get("arguments")
         if args:
             self._chunks.append(args)
-            events.append(self.seq(ev.arguments_delta(self._item_id, len(self.items), args)))
+            if not self._deferred:
+                events.append(self.seq(ev.arguments_delta(self._item_id, len(self.items), args)))
+
+    def _open_call(self, call: dict, index: Any, events: list) -> None:
+        name = (call.get("function") or {}).get("name") or ""
+        spec = self.tools.spec(name) if self.tools is not None else None
+        self._state = StreamState.FUNCTION_CALL
+        self._tool_index = index
+        self._deferred = self.tools is not None and self.tools.deferred(name)
+        self._item_id = self.tools.new_item_id(name) if self._deferred else new_id("fc")
+        self._chunks = []
+        self._chat_name = name
+        self._call = {"id": self._item_id, "type": "function_call", "status": "in_progress",
+                      "call_id": call.get("id") or new_id("call"), "name": spec.name if spec else name,
+                      "arguments": ""}
+        if spec is not None and spec.namespace:
+            self._call["namespace"] = spec.namespace
+        if not self._deferred:
+            events.append(self.seq(ev.item_added(len(self.items), dict(self._call))))
 
     def _is_new_call(self, call: dict) -> bool:
         """A call with its own id and name under the index of the open one (some
@@ -161,6 +176,8 @@ class ChatStreamTranslator:
             return None
         text = "".join(self._chunks)
         if self._state is StreamState.FUNCTION_CALL:
+            if self._deferred:
+                return self.tools.call_item(self._chat_name, text, self._call["call_id"], status, self._item_id)
             return {**self._call, "arguments": text, "status": status}
         return _text_item(self._state, self._item_id, status, text)
 
@@ -169,8 +186,12 @@ class ChatStreamTranslator:
         item = self._open_item(status)
         if item is None:
             return
-        events.extend(self.seq.all(ev.closing_events(len(self.items), item)))
+        index = len(self.items)
+        # A deferred call is whole only now: all of its events go out together.
+        events.extend(self.seq.all(ev.replay_item(index, item) if self._state is StreamState.FUNCTION_CALL
+                                   and self._deferred else ev.closing_events(index, item)))
         self.items.append(item)
+        self._deferred = False
         self._state = StreamState.IDLE
         self._call = None
         self._tool_index = None

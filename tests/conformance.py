@@ -161,12 +161,13 @@ def sdk_item(item: dict) -> Any:
 # ── whole-object checks ────────────────────────────────────────────────────────
 
 def check_items(output: list[dict]) -> None:
-    """Every output item has an ``id`` and a ``status``; every ``output_text`` part
-    has ``annotations`` and ``logprobs`` lists."""
+    """Every output item has an ``id`` and a ``status`` (but ``custom_tool_call``, whose SDK type has
+    none); every ``output_text`` part has ``annotations`` and ``logprobs`` lists."""
     for n, item in enumerate(output):
         assert isinstance(item.get("id"), str) and item["id"], f"output[{n}] has no id: {item}"
-        assert item.get("status") in ("in_progress", "completed", "incomplete"), \
-            f"output[{n}] has no valid status: {item}"
+        if item.get("type") != "custom_tool_call":
+            assert item.get("status") in ("in_progress", "completed", "incomplete"), \
+                f"output[{n}] has no valid status: {item}"
         for part in item.get("content") or () if item.get("type") == "message" else ():
             if part.get("type") == "output_text":
                 assert isinstance(part.get("annotations"), list), f"output[{n}] part lacks annotations: {part}"
@@ -308,7 +309,8 @@ def check_stream(events: list[dict], *, spec: bool = True, queued: bool = False,
             assert open_item is None, f"item {e['output_index']} added while {open_item.index} is open"
             assert e["output_index"] == next_index, f"output_index {e['output_index']} != {next_index}"
             item = e["item"]
-            assert item.get("status") == "in_progress", f"added item not in_progress: {item}"
+            assert item.get("status") == "in_progress" or item.get("type") == "custom_tool_call", \
+                f"added item not in_progress: {item}"
             assert isinstance(item.get("id"), str) and item["id"]
             if item["type"] in ("message", "reasoning"):
                 assert item.get("content") in ([], None), f"added item already has content: {item}"
@@ -367,10 +369,18 @@ def check_stream(events: list[dict], *, spec: bool = True, queued: bool = False,
             assert e.get("name") == open_item.item["name"] or (not open_item.item["name"] and e.get("name")), \
                 f"function_call_arguments.done name {e.get('name')!r}"
             open_item.arguments_done = True
+        elif t == "response.custom_tool_call_input.delta":
+            assert kind == "custom_tool_call" and not open_item.arguments_done, f"{t} on {open_item.item}"
+            open_item.arguments += e["delta"]
+        elif t == "response.custom_tool_call_input.done":
+            assert kind == "custom_tool_call" and not open_item.arguments_done
+            assert e["input"] == open_item.arguments, "custom_tool_call_input.done lacks the full input"
+            open_item.arguments_done = True
         elif t == "response.output_item.done":
             item = e["item"]
             assert item["id"] == open_item.item["id"] and item["type"] == kind, "the item changed identity"
-            assert item.get("status") in ("completed", "incomplete"), f"done item without a final status: {item}"
+            assert item.get("status") in ("completed", "incomplete") or kind == "custom_tool_call", \
+                f"done item without a final status: {item}"
             if kind in ("message", "reasoning"):
                 assert all(p["done"] for p in open_item.parts), "output_item.done with a part still open"
                 content = item.get("content") or []
@@ -384,6 +394,9 @@ def check_stream(events: list[dict], *, spec: bool = True, queued: bool = False,
                 assert item["arguments"] == open_item.arguments
                 assert item["call_id"] == open_item.item["call_id"]
                 assert item["name"], "a function_call without a name"
+            elif kind == "custom_tool_call":
+                assert open_item.arguments_done, "output_item.done before custom_tool_call_input.done"
+                assert item["input"] == open_item.arguments and item["call_id"] == open_item.item["call_id"]
             done_items.append(item)
             open_item = None
             next_index += 1

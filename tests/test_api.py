@@ -119,7 +119,7 @@ async def test_length_limit_is_incomplete(gw, ollama):
     ({"model": "tiny", "input": "x", "temperature": 7}, 400, "temperature"),
     ({"model": "tiny", "input": 5}, 400, "input"),
     ({"model": "tiny", "input": [{"type": "mystery"}]}, 400, "input[0].type"),
-    ({"model": "tiny", "input": "x", "tools": [{"type": "web_search"}]}, 400, "tools[0].type"),
+    ({"model": "tiny", "input": "x", "tools": [{"type": "no_such_tool"}]}, 400, "tools[0].type"),
     ({"model": "tiny", "input": "x", "metadata": {f"k{i}": "v" for i in range(17)}}, 400, "metadata"),
     ({"model": "tiny", "input": "x", "metadata": {"k" * 65: "v"}}, 400, "metadata"),
     ({"model": "tiny", "input": "x", "metadata": {"k": "v" * 513}}, 400, "metadata"),

@@ -190,7 +190,7 @@ BAD_BODIES = [
     b'{"model": "tiny", "input": [{"type": "item_reference"}]}',
     b'{"model": "tiny", "input": [{"type": "computer_call"}]}',
     b'{"model": "tiny", "input": "x", "tools": [{"type": "function"}]}',
-    b'{"model": "tiny", "input": "x", "tools": [{"type": "file_search"}]}',
+    b'{"model": "tiny", "input": "x", "tools": [{"type": "no_such_tool"}]}',
     b'{"model": "tiny", "input": "x", "tools": "all"}',
     b'{"model": "tiny", "input": "x", "tool_choice": "sometimes"}',
     b'{"model": "tiny", "input": "x", "tool_choice": {"type": "web_search"}}',
