@@ -56,7 +56,7 @@ async def save(gateway: Gateway, turn: Turn, response: dict) -> None:
 def completion_to_response(turn: Turn, completion: dict) -> dict:
     """The Response object of a whole Chat Completions answer."""
     choice = plain((completion.get("choices") or [{}])[0])
-    items = chat_message_to_output_items(plain(choice.get("message") or {}), turn.tool_map)
+    items = chat_message_to_output_items(plain(choice.get("message") or {}), turn.tool_map, turn.wants_summary)
     usage = usage_chat_to_responses(plain(completion.get("usage")))
     reason = INCOMPLETE_REASONS.get(choice.get("finish_reason") or "")
     if reason:
@@ -176,7 +176,7 @@ class TurnRun:
             return NativeStreamTranslator(**self.turn.native_meta(), seq=self.seq)
         if isinstance(self.upstream.result, ChatChunks):
             return ChatStreamTranslator(self.turn.response("in_progress", completed_at=None), self.seq,
-                                        self.turn.tool_map)
+                                        self.turn.tool_map, self.turn.wants_summary)
         raise TypeError(f"a whole upstream answer ({type(self.upstream.result).__name__}) for a streamed turn")
 
     async def events(self) -> AsyncIterator[list[Event]]:

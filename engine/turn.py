@@ -64,6 +64,11 @@ class Turn:
         return bool(self.body.get("stream"))
 
     @property
+    def wants_summary(self) -> bool:
+        """Whether the request asks for a reasoning summary (``reasoning.summary``)."""
+        return bool((self.body.get("reasoning") or {}).get("summary"))
+
+    @property
     def previous_response_id(self) -> str | None:
         return self.body.get("previous_response_id")
 

@@ -20,6 +20,7 @@ __all__ = [
     "ArgumentsDeltaEvent", "ArgumentsDoneEvent", "ErrorEvent", "MessageItem", "ReasoningItem",
     "FunctionCallItem", "StreamTranslator", "Sequencer", "TERMINAL_TYPES", "response_event", "item_added",
     "item_done", "part_added", "part_done", "text_delta", "text_done", "arguments_delta", "arguments_done",
+    "summary_part_added", "summary_part_done", "summary_text_delta", "summary_text_done",
     "custom_input_delta", "custom_input_done", "error_event", "opened", "closing_events", "replay_item",
     "sse_frame",
 ]
@@ -238,6 +239,30 @@ def arguments_done(item_id: str, output_index: int, name: str | None, arguments:
             "name": name, "arguments": arguments}
 
 
+def summary_part_added(item_id: str, output_index: int, summary_index: int) -> Event:
+    """``response.reasoning_summary_part.added`` with an empty ``summary_text`` part."""
+    return {"type": "response.reasoning_summary_part.added", "item_id": item_id, "output_index": output_index,
+            "summary_index": summary_index, "part": {"type": "summary_text", "text": ""}}  # type: ignore
+
+
+def summary_part_done(item_id: str, output_index: int, summary_index: int, text: str) -> Event:
+    """``response.reasoning_summary_part.done`` with the whole part."""
+    return {"type": "response.reasoning_summary_part.done", "item_id": item_id, "output_index": output_index,
+            "summary_index": summary_index, "part": {"type": "summary_text", "text": text}}  # type: ignore
+
+
+def summary_text_delta(item_id: str, output_index: int, summary_index: int, delta: str) -> Event:
+    """``response.reasoning_summary_text.delta``."""
+    return {"type": "response.reasoning_summary_text.delta", "item_id": item_id, "output_index": output_index,
+            "summary_index": summary_index, "delta": delta}  # type: ignore
+
+
+def summary_text_done(item_id: str, output_index: int, summary_index: int, text: str) -> Event:
+    """``response.reasoning_summary_text.done`` with the whole ``text``."""
+    return {"type": "response.reasoning_summary_text.done", "item_id": item_id, "output_index": output_index,
+            "summary_index": summary_index, "text": text}  # type: ignore
+
+
 def custom_input_delta(item_id: str, output_index: int, delta: str) -> Event:
     """``response.custom_tool_call_input.delta``."""
     return {"type": "response.custom_tool_call_input.delta", "item_id": item_id, "output_index": output_index,
@@ -278,6 +303,9 @@ def closing_events(output_index: int, item: dict) -> list[Event]:
             if part.get("type") in _TEXT_PARTS:
                 events.append(text_done(part["type"], item_id, output_index, index, _part_text(part)))
             events.append(part_done(item_id, output_index, index, part))
+        for index, part in enumerate(item.get("summary") or () if item.get("type") == "reasoning" else ()):
+            events.append(summary_text_done(item_id, output_index, index, part.get("text", "")))
+            events.append(summary_part_done(item_id, output_index, index, part.get("text", "")))
     events.append(item_done(output_index, item))
     return events
 
@@ -285,8 +313,10 @@ def closing_events(output_index: int, item: dict) -> list[Event]:
 def opened(item: dict) -> dict:
     """The ``output_item.added`` form of a finished item: in progress, no content yet."""
     kind = item.get("type")
-    if kind in ("message", "reasoning"):
+    if kind == "message":
         return {**item, "status": "in_progress", "content": []}
+    if kind == "reasoning":
+        return {**item, "status": "in_progress", "content": [], "summary": []}
     if kind == "function_call":
         return {**item, "status": "in_progress", "arguments": ""}
     if kind == "custom_tool_call":
@@ -315,6 +345,9 @@ def replay_item(output_index: int, item: dict) -> list[Event]:
             events.append(part_added(item_id, output_index, index, _empty(part)))
             if part.get("type") in _TEXT_PARTS:
                 events.append(text_delta(part["type"], item_id, output_index, index, _part_text(part)))
+        for index, part in enumerate(item.get("summary") or () if item.get("type") == "reasoning" else ()):
+            events.append(summary_part_added(item_id, output_index, index))
+            events.append(summary_text_delta(item_id, output_index, index, part.get("text", "")))
     return events + closing_events(output_index, item)
 
 

@@ -364,7 +364,7 @@ def messages_to_responses_input(messages: Iterable[dict]) -> tuple[str | None, l
 
 # ── Chat Completions answer -> Responses output ────────────────────────────────
 
-def chat_message_to_output_items(message: dict, tools: ToolMap | None = None) -> list[dict]:
+def chat_message_to_output_items(message: dict, tools: ToolMap | None = None, summary: bool = False) -> list[dict]:
     """Translate one assistant Chat Completions message to Responses output items.
 
     Order: a ``reasoning`` item (from llama.cpp/vLLM ``reasoning_content`` or
@@ -372,11 +372,14 @@ def chat_message_to_output_items(message: dict, tools: ToolMap | None = None) ->
     part, then one item per tool call, each with its own ``call_id`` (one is
     made up when the backend gave none): a ``function_call``, or with ``tools``
     (the request's :class:`requests.tools.ToolMap`) the item of the tool called.
+    With ``summary`` (the request asked for ``reasoning.summary``) the reasoning
+    text is the reasoning item's summary too: Chat backends give no other.
     """
     items: list[dict] = []
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if isinstance(reasoning, str) and reasoning:
-        items.append({"type": "reasoning", "id": new_id("rs"), "summary": [],
+        items.append({"type": "reasoning", "id": new_id("rs"),
+                      "summary": [{"type": "summary_text", "text": reasoning}] if summary else [],
                       "content": [{"type": "reasoning_text", "text": reasoning}],
                       "status": "completed"})
     content = message.get("content")

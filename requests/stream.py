@@ -68,10 +68,12 @@ class ChatStreamTranslator:
     finished output items.
     """
 
-    def __init__(self, response: dict, seq: Sequencer | None = None, tools: ToolMap | None = None):
+    def __init__(self, response: dict, seq: Sequencer | None = None, tools: ToolMap | None = None,
+                 summary: bool = False):
         self.response = response
         self.seq = seq or Sequencer()
         self.tools = tools
+        self.summary = summary      # reasoning text is also streamed as the reasoning summary
         self.items: list[dict] = []
         self.usage: dict | None = None
         self.finish_reason: str | None = None
@@ -123,6 +125,8 @@ class ChatStreamTranslator:
             self._open_text_item(state, events)
         self._chunks.append(text)
         events.append(self.seq(ev.text_delta(part_type, self._item_id, len(self.items), 0, text)))
+        if self.summary and state is StreamState.REASONING:
+            events.append(self.seq(ev.summary_text_delta(self._item_id, len(self.items), 0, text)))
 
     def _open_text_item(self, state: StreamState, events: list) -> None:
         _, prefix, part_type = _TEXT_STATES[state]
@@ -132,6 +136,8 @@ class ChatStreamTranslator:
         index = len(self.items)
         events.append(self.seq(ev.item_added(index, _text_item(state, self._item_id, "in_progress", None))))
         events.append(self.seq(ev.part_added(self._item_id, index, 0, _part(part_type, ""))))
+        if self.summary and state is StreamState.REASONING:
+            events.append(self.seq(ev.summary_part_added(self._item_id, index, 0)))
 
     def _add_tool_call(self, call: dict, events: list) -> None:
         fn = call.get("function") or {}
@@ -179,7 +185,10 @@ class ChatStreamTranslator:
             if self._deferred:
                 return self.tools.call_item(self._chat_name, text, self._call["call_id"], status, self._item_id)
             return {**self._call, "arguments": text, "status": status}
-        return _text_item(self._state, self._item_id, status, text)
+        item = _text_item(self._state, self._item_id, status, text)
+        if self.summary and self._state is StreamState.REASONING:
+            item["summary"] = [{"type": "summary_text", "text": text}]
+        return item
 
     def _close(self, events: list, status: str) -> None:
         """Emit the closing events of the open item and move it to ``items``."""

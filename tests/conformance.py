@@ -228,6 +228,7 @@ class _OpenItem:
     parts: list[dict] = field(default_factory=list)     # {"type", "text", "text_done", "done"}
     arguments: str = ""
     arguments_done: bool = False
+    summary: list[dict] = field(default_factory=list)   # {"text", "text_done", "done"}
 
 
 @dataclass
@@ -369,6 +370,22 @@ def check_stream(events: list[dict], *, spec: bool = True, queued: bool = False,
             assert e.get("name") == open_item.item["name"] or (not open_item.item["name"] and e.get("name")), \
                 f"function_call_arguments.done name {e.get('name')!r}"
             open_item.arguments_done = True
+        elif t == "response.reasoning_summary_part.added":
+            assert kind == "reasoning" and all(p["done"] for p in open_item.summary), f"{t} on {open_item.item}"
+            assert e["summary_index"] == len(open_item.summary) and e["part"] == {"type": "summary_text", "text": ""}
+            open_item.summary.append({"text": "", "text_done": False, "done": False})
+        elif t == "response.reasoning_summary_text.delta":
+            assert kind == "reasoning" and e["summary_index"] == len(open_item.summary) - 1, t
+            assert not open_item.summary[-1]["text_done"], f"{t} after its done event"
+            open_item.summary[-1]["text"] += e["delta"]
+        elif t == "response.reasoning_summary_text.done":
+            assert kind == "reasoning" and e["summary_index"] == len(open_item.summary) - 1, t
+            assert e["text"] == open_item.summary[-1]["text"], "reasoning_summary_text.done lacks the full text"
+            open_item.summary[-1]["text_done"] = True
+        elif t == "response.reasoning_summary_part.done":
+            assert kind == "reasoning" and e["summary_index"] == len(open_item.summary) - 1, t
+            assert open_item.summary[-1]["text_done"] and e["part"]["text"] == open_item.summary[-1]["text"]
+            open_item.summary[-1]["done"] = True
         elif t == "response.custom_tool_call_input.delta":
             assert kind == "custom_tool_call" and not open_item.arguments_done, f"{t} on {open_item.item}"
             open_item.arguments += e["delta"]
@@ -389,6 +406,10 @@ def check_stream(events: list[dict], *, spec: bool = True, queued: bool = False,
                 if kind == "message":
                     texts[open_item.index] = "".join(p["text"] for p in open_item.parts
                                                      if p["type"] == "output_text")
+                else:
+                    assert all(p["done"] for p in open_item.summary), "output_item.done with a summary part open"
+                    assert [p["text"] for p in item.get("summary") or []] == \
+                        [p["text"] for p in open_item.summary], "the done item's summary differs from its deltas"
             elif kind == "function_call":
                 assert open_item.arguments_done, "output_item.done before function_call_arguments.done"
                 assert item["arguments"] == open_item.arguments

@@ -115,6 +115,26 @@ async def test_reasoning_stream_is_an_item_before_the_message(client, field):
     assert (assistant[0].get("reasoning_content") or assistant[0].get("reasoning")) == "Two and two make four."
 
 
+async def test_a_reasoning_summary_asked_for_is_the_reasoning_text(client):
+    """Chat backends give no separate summary: asked for one, the reasoning text is streamed as
+    the summary too, and the stored and replayed response carry it."""
+    from conformance import parse_sse
+    with Backend(reasoning_then_text("reasoning_content"), chat_completion("4.", reasoning_content="Sum it.")):
+        events = await create_stream(client, {"model": MODEL, "input": "2+2?", "reasoning": {"summary": "auto"}})
+        whole = await create(client, {"model": MODEL, "input": "2+2?", "reasoning": {"summary": "detailed"}})
+        replay = parse_sse((await client.get(f"/v1/responses/{whole['id']}", params={"stream": "true"})).content)
+    summary = check_stream(events)
+    reasoning = summary.items[0]
+    assert reasoning["summary"] == [{"type": "summary_text", "text": "Two and two make four."}]
+    assert [d["delta"] for d in summary.of_type("response.reasoning_summary_text.delta")] == \
+        ["Two and two", " make four."]
+    assert [e["type"] for e in events if "summary_part" in e["type"]] == [
+        "response.reasoning_summary_part.added", "response.reasoning_summary_part.done"]
+    assert summary.response["reasoning"]["summary"] == "auto"
+    assert whole["output"][0]["summary"] == [{"type": "summary_text", "text": "Sum it."}]
+    assert check_stream(replay).items == whole["output"]
+
+
 @pytest.mark.parametrize("second_index", [1, 0], ids=["indexed", "all-index-0"])
 async def test_several_tool_calls_stream_as_separate_items(client, second_index):
     with Backend(two_tool_calls(second_index)):
