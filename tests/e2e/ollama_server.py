@@ -33,6 +33,10 @@ from starlette.routing import Route
 DEFAULT_TEXT = "Hello from the Ollama test server."
 THINK_TEXT = "Thinking it over."
 TOOL_ARGUMENTS = {"city": "Paris"}
+#: Arguments for tools the script knows by name (Codex's), instead of :data:`TOOL_ARGUMENTS`.
+CODEX_COMMAND = "echo nomyo-codex-e2e"
+TOOL_ARGUMENTS_BY_NAME = {"exec_command": {"cmd": CODEX_COMMAND},
+                          "multi_agent_v1__wait_agent": {"targets": ["agent-that-does-not-exist"]}}
 TOOL_RESULT_PREFIX = "The tool said: "
 LONG_CAP = 1000
 OLLAMA_VERSION = "0.11.4"
@@ -90,12 +94,17 @@ def _openai_error(status: int, message: str, etype: str = "api_error") -> Respon
     return _json({"error": {"message": message, "type": etype, "param": None, "code": None}}, status)
 
 
+def _arguments_for(tool: str) -> dict:
+    return dict(TOOL_ARGUMENTS_BY_NAME.get(tool, TOOL_ARGUMENTS))
+
+
 class _Reply:
     """A scripted assistant turn: reasoning and content pieces, tool calls, finish reason, usage.
 
     * last message is a ``tool`` result -> ``The tool said: <its content>``;
     * tools offered and last message from the user -> a call to the first tool with
-      ``{"city": "Paris"}`` (``[two]``: the first two tools, or the only one twice);
+      ``{"city": "Paris"}`` (``[two]``: the first two tools, or the only one twice; Codex's
+      ``exec_command`` gets a ``cmd``; ``[agent]`` calls Codex's namespaced ``wait_agent``);
     * ``[long]`` in the last user message -> words up to the budget (else 1000), ``length``;
     * otherwise ``Hello from the Ollama test server.``;
     * ``[think]`` in the last user message adds the reasoning ``Thinking it over.`` first.
@@ -115,6 +124,8 @@ class _Reply:
                  and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)]
         if role == "tool":
             self.content = _pieces(TOOL_RESULT_PREFIX + _text_of(last.get("content")))
+        elif names and role == "user" and "[agent]" in user_text and "multi_agent_v1__wait_agent" in names:
+            self.calls = ["multi_agent_v1__wait_agent"]
         elif names and role == "user":
             self.calls = (names[:2] if len(names) > 1 else names * 2) if "[two]" in user_text else names[:1]
         elif role == "user" and "[long]" in user_text:
@@ -308,7 +319,7 @@ class OllamaTestServer:
     def _openai_calls(self, reply: _Reply) -> list[dict]:
         ids = reply.call_ids(self.rng)
         return [{"id": ids[i], "index": i, "type": "function",
-                 "function": {"name": name, "arguments": orjson.dumps(TOOL_ARGUMENTS).decode()}}
+                 "function": {"name": name, "arguments": orjson.dumps(_arguments_for(name)).decode()}}
                 for i, name in enumerate(reply.calls)]
 
     def _openai_whole(self, reply: _Reply, model: str) -> dict:
@@ -343,7 +354,7 @@ class OllamaTestServer:
 
     def _native_calls(self, reply: _Reply) -> list[dict]:
         ids = reply.call_ids(self.rng)
-        return [{"id": ids[i], "function": {"index": i, "name": name, "arguments": dict(TOOL_ARGUMENTS)}}
+        return [{"id": ids[i], "function": {"index": i, "name": name, "arguments": _arguments_for(name)}}
                 for i, name in enumerate(reply.calls)]
 
     def _native_line(self, model: str, content: str = "", thinking: str = "", calls: list[dict] | None = None,
