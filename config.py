@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     #: file_search, ...): ``drop`` it (not offered upstream; logged once per type) or ``reject``
     #: the request with a 400. One word for every type, or a mapping per type with ``default``.
     hosted_tools: HostedToolPolicy | dict[str, HostedToolPolicy] = "drop"
+    #: The secret reasoning ``encrypted_content`` is sealed with (any string). Unset: a key is
+    #: made once and kept beside the store. Replicas sharing a store must share it.
+    reasoning_encryption_key: str | None = None
 
     @field_validator("endpoints", "llama_server_endpoints", "native_responses_endpoints")
     @classmethod

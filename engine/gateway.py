@@ -19,6 +19,7 @@ from db import ResponseStore
 from engine.jobs import JobManager
 from engine.upstream import BackendCalls
 from metrics import watch_in_flight
+from reasoning_seal import ReasoningSeal, load_or_create_key
 
 __all__ = ["Gateway", "open_gateway"]
 
@@ -28,13 +29,15 @@ log = logging.getLogger("nomyo_router")
 @dataclass
 class Gateway:
     """What one running gateway holds: its settings, store, endpoint registry,
-    LLM cache (None when off), the backend functions turns run with, and jobs."""
+    LLM cache (None when off), the backend functions turns run with, the seal of
+    reasoning carried by clients, and jobs."""
 
     settings: Settings
     store: ResponseStore
     registry: Registry
     cache: LLMCache | None
     calls: BackendCalls
+    seal: ReasoningSeal
     jobs: JobManager = field(init=False)
 
     def __post_init__(self) -> None:
@@ -56,9 +59,11 @@ class Gateway:
 async def open_gateway(settings: Settings, db_path: str, calls: BackendCalls) -> Gateway:
     """Open everything a gateway needs for ``settings``, its store at ``db_path``.
 
-    Raises what opening the store raises (the store closes itself then); the
+    Raises what opening the store raises (the store closes itself then), or
+    OSError when the reasoning key file can be neither read nor made; the
     registry's first discovery never raises (unreachable endpoints are recorded).
     """
+    seal = ReasoningSeal(load_or_create_key(settings.reasoning_encryption_key, db_path))
     store = await ResponseStore(db_path).open()
     registry: Registry | None = None
     try:
@@ -74,4 +79,4 @@ async def open_gateway(settings: Settings, db_path: str, calls: BackendCalls) ->
             await registry.close()
         await store.close()
         raise
-    return Gateway(settings=settings, store=store, registry=registry, cache=cache, calls=calls)
+    return Gateway(settings=settings, store=store, registry=registry, cache=cache, calls=calls, seal=seal)

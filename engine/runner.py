@@ -53,10 +53,12 @@ async def save(gateway: Gateway, turn: Turn, response: dict) -> None:
         request=turn.body if turn.background else None, background=turn.background)
 
 
-def completion_to_response(turn: Turn, completion: dict) -> dict:
-    """The Response object of a whole Chat Completions answer."""
+def completion_to_response(turn: Turn, completion: dict, seal: Callable[[dict], str] | None = None) -> dict:
+    """The Response object of a whole Chat Completions answer; ``seal`` gives reasoning
+    items their ``encrypted_content``."""
     choice = plain((completion.get("choices") or [{}])[0])
-    items = chat_message_to_output_items(plain(choice.get("message") or {}), turn.tool_map, turn.wants_summary)
+    items = chat_message_to_output_items(plain(choice.get("message") or {}), turn.tool_map, turn.wants_summary,
+                                         seal)
     usage = usage_chat_to_responses(plain(completion.get("usage")))
     reason = INCOMPLETE_REASONS.get(choice.get("finish_reason") or "")
     if reason:
@@ -161,7 +163,7 @@ class TurnRun:
             if isinstance(result, NativeResponse):
                 self.answered = native_to_response(result.data, **self.turn.native_meta())
             elif isinstance(result, Completion):
-                self.answered = completion_to_response(self.turn, result.data)
+                self.answered = completion_to_response(self.turn, result.data, self._seal())
             else:
                 raise TypeError(f"a streamed upstream answer ({type(result).__name__}) for a whole turn")
         except BaseException as exc:
@@ -171,12 +173,15 @@ class TurnRun:
             await self.settle(error)
         return self.final
 
+    def _seal(self) -> Callable[[dict], str] | None:
+        return self.gateway.seal.seal if self.turn.seals_reasoning else None
+
     def _translator(self) -> StreamTranslator:
         if isinstance(self.upstream.result, NativeEvents):
             return NativeStreamTranslator(**self.turn.native_meta(), seq=self.seq)
         if isinstance(self.upstream.result, ChatChunks):
             return ChatStreamTranslator(self.turn.response("in_progress", completed_at=None), self.seq,
-                                        self.turn.tool_map, self.turn.wants_summary)
+                                        self.turn.tool_map, self.turn.wants_summary, self._seal())
         raise TypeError(f"a whole upstream answer ({type(self.upstream.result).__name__}) for a streamed turn")
 
     async def events(self) -> AsyncIterator[list[Event]]:

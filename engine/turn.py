@@ -15,6 +15,8 @@ from typing import Any
 
 from db import ResponseStore
 from errors import APIError
+from reasoning_seal import ReasoningSeal, SealError
+from requests.common import SEALED_PREFIX
 from requests.tools import ToolMap
 from requests.params import tool_map
 from requests.responses import (InvalidInput, build_response_object, new_id, normalize_input_items,
@@ -77,12 +79,23 @@ class Turn:
         """The whole chain's items plus this turn's input, oldest first."""
         return self.history + self.input_items
 
+    @property
+    def seals_reasoning(self) -> bool:
+        """Whether reasoning goes back to the client sealed (``include: ["reasoning.encrypted_content"]``)."""
+        return "reasoning.encrypted_content" in (self.body.get("include") or ())
+
     @cached_property
     def messages(self) -> list[dict]:
         """The Chat Completions messages of the whole chain plus this turn.
 
         Raises :class:`InvalidInput` for what Chat Completions cannot express
-        (an ``input_file`` by ``file_id``, say)."""
+        (an ``input_file`` by ``file_id``, reasoning sealed by someone else)."""
+        for i, item in enumerate(self.input_items):
+            blob = item.get("encrypted_content") if item["type"] == "reasoning" else None
+            if blob and not (isinstance(blob, str) and blob.startswith(SEALED_PREFIX)):
+                raise InvalidInput("This reasoning's encrypted_content was not made by this gateway, and this "
+                                   "model's backend cannot read it.", f"input[{i}].encrypted_content",
+                                   "invalid_encrypted_content")
         return responses_input_to_messages(self.items, self.body.get("instructions"))
 
     @cached_property
@@ -115,20 +128,42 @@ async def _resolve_references(store: ResponseStore, items: list[dict], owner: st
     return [found[item["id"]] if item["type"] == "item_reference" else item for item in items]
 
 
+def _unseal(items: list[dict], seal: ReasoningSeal) -> list[dict]:
+    """Reasoning items that come back with the gateway's own ``encrypted_content`` get the
+    content sealed in it. Raises APIError 400 for a blob that was altered or made under another key."""
+    out = items
+    for i, item in enumerate(items):
+        blob = item.get("encrypted_content") if item["type"] == "reasoning" else None
+        if isinstance(blob, str) and blob.startswith(SEALED_PREFIX):
+            try:
+                content = seal.open(blob)
+            except SealError as exc:
+                raise APIError(400, str(exc), param=f"input[{i}].encrypted_content",
+                               code="invalid_encrypted_content") from None
+            if out is items:
+                out = list(items)
+            out[i] = {**item, "content": content}
+    return out
+
+
 async def prepare_turn(store: ResponseStore, body: dict, owner: str | None,
-                       aliases: dict[str, str] | None = None) -> Turn:
+                       aliases: dict[str, str] | None = None, seal: ReasoningSeal | None = None) -> Turn:
     """The :class:`Turn` of a validated create ``body`` for tenant ``owner``; ``aliases``
-    (``model_aliases``) name the model the endpoints are asked for instead.
+    (``model_aliases``) name the model the endpoints are asked for instead; ``seal``
+    opens reasoning the gateway sealed for the client (``encrypted_content``).
 
     Raises APIError 400 for malformed input items, 404 ``item_not_found`` for an
     ``item_reference`` and 404 ``previous_response_not_found`` for a
-    ``previous_response_id`` that this tenant has not stored.
+    ``previous_response_id`` that this tenant has not stored, 400
+    ``invalid_encrypted_content`` for reasoning sealed by this gateway that does not open.
     """
     try:
         input_items = normalize_input_items(body.get("input"))
     except InvalidInput as exc:
         raise bad_input(exc) from None
     input_items = await _resolve_references(store, input_items, owner)
+    if seal is not None:
+        input_items = _unseal(input_items, seal)
     history: list[dict] = []
     previous = body.get("previous_response_id")
     if previous:

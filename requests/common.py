@@ -7,7 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["InvalidInput", "new_id", "plain"]
+__all__ = ["InvalidInput", "new_id", "plain", "SEALED_PREFIX"]
+
+#: How every reasoning ``encrypted_content`` this gateway seals begins (see ``reasoning_seal``).
+SEALED_PREFIX = "nomyo1:"
 
 _PRIMITIVES = (str, int, float, bool, type(None))
 

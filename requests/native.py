@@ -11,6 +11,7 @@ from typing import Any
 
 from requests.events import (TERMINAL_TYPES, Event, Sequencer, closing_events, error_event,
                              response_event)
+from requests.common import SEALED_PREFIX
 from requests.responses import build_response_object, complete_usage, normalize_output_item
 
 __all__ = ["native_request", "native_input", "native_to_response", "NativeStreamTranslator"]
@@ -30,7 +31,8 @@ def native_input(items: list[dict]) -> list[dict]:
     for item in items:
         kind = item.get("type")
         if kind == "reasoning":
-            if item.get("encrypted_content"):
+            blob = item.get("encrypted_content")
+            if blob and not blob.startswith(SEALED_PREFIX):  # the gateway's own blobs mean nothing upstream
                 out.append({k: v for k, v in item.items() if k != "status"})
             continue
         if kind == "message":

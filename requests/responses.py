@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from requests.common import InvalidInput, new_id
 from requests.params import tools_responses_to_chat
@@ -364,7 +364,8 @@ def messages_to_responses_input(messages: Iterable[dict]) -> tuple[str | None, l
 
 # ── Chat Completions answer -> Responses output ────────────────────────────────
 
-def chat_message_to_output_items(message: dict, tools: ToolMap | None = None, summary: bool = False) -> list[dict]:
+def chat_message_to_output_items(message: dict, tools: ToolMap | None = None, summary: bool = False,
+                                 seal: Callable[[dict], str] | None = None) -> list[dict]:
     """Translate one assistant Chat Completions message to Responses output items.
 
     Order: a ``reasoning`` item (from llama.cpp/vLLM ``reasoning_content`` or
@@ -374,6 +375,7 @@ def chat_message_to_output_items(message: dict, tools: ToolMap | None = None, su
     (the request's :class:`requests.tools.ToolMap`) the item of the tool called.
     With ``summary`` (the request asked for ``reasoning.summary``) the reasoning
     text is the reasoning item's summary too: Chat backends give no other.
+    ``seal`` gives the reasoning item its ``encrypted_content``.
     """
     items: list[dict] = []
     reasoning = message.get("reasoning_content") or message.get("reasoning")
@@ -382,6 +384,8 @@ def chat_message_to_output_items(message: dict, tools: ToolMap | None = None, su
                       "summary": [{"type": "summary_text", "text": reasoning}] if summary else [],
                       "content": [{"type": "reasoning_text", "text": reasoning}],
                       "status": "completed"})
+        if seal is not None:
+            items[-1]["encrypted_content"] = seal(items[-1])
     content = message.get("content")
     if isinstance(content, list):
         content = "".join(p.get("text", "") for p in content if isinstance(p, dict))

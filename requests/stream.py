@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from enum import Enum
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from requests import events as ev
 from requests.events import Event, Sequencer
@@ -64,16 +64,20 @@ class ChatStreamTranslator:
 
     ``response`` is the in-progress Response object (``status: "in_progress"``,
     empty ``output``) whose other fields every snapshot repeats; ``seq`` stamps
-    the events (a new :class:`Sequencer` from 0 when None). ``items`` holds the
+    the events (a new :class:`Sequencer` from 0 when None); ``tools`` (the
+    request's :class:`requests.tools.ToolMap`) says which item each tool call
+    becomes; ``summary`` streams reasoning as the reasoning summary too; ``seal``
+    gives reasoning items their ``encrypted_content``. ``items`` holds the
     finished output items.
     """
 
     def __init__(self, response: dict, seq: Sequencer | None = None, tools: ToolMap | None = None,
-                 summary: bool = False):
+                 summary: bool = False, seal: Callable[[dict], str] | None = None):
         self.response = response
         self.seq = seq or Sequencer()
         self.tools = tools
         self.summary = summary      # reasoning text is also streamed as the reasoning summary
+        self.seal = seal            # gives reasoning items their encrypted_content
         self.items: list[dict] = []
         self.usage: dict | None = None
         self.finish_reason: str | None = None
@@ -186,8 +190,11 @@ class ChatStreamTranslator:
                 return self.tools.call_item(self._chat_name, text, self._call["call_id"], status, self._item_id)
             return {**self._call, "arguments": text, "status": status}
         item = _text_item(self._state, self._item_id, status, text)
-        if self.summary and self._state is StreamState.REASONING:
-            item["summary"] = [{"type": "summary_text", "text": text}]
+        if self._state is StreamState.REASONING:
+            if self.summary:
+                item["summary"] = [{"type": "summary_text", "text": text}]
+            if self.seal is not None:
+                item["encrypted_content"] = self.seal(item)
         return item
 
     def _close(self, events: list, status: str) -> None:
