@@ -58,7 +58,7 @@ def completion_to_response(turn: Turn, completion: dict, seal: Callable[[dict], 
     items their ``encrypted_content``."""
     choice = plain((completion.get("choices") or [{}])[0])
     items = chat_message_to_output_items(plain(choice.get("message") or {}), turn.tool_map, turn.wants_summary,
-                                         seal)
+                                         seal, plain(choice.get("logprobs")))
     usage = usage_chat_to_responses(plain(completion.get("usage")))
     reason = INCOMPLETE_REASONS.get(choice.get("finish_reason") or "")
     if reason:

@@ -210,22 +210,26 @@ _TEXT_PARTS: dict[str, tuple[str, str]] = {
 }
 
 
-def text_delta(part_type: str, item_id: str, output_index: int, content_index: int, delta: str) -> TextDeltaEvent:
-    """The delta event of a ``part_type`` part (``output_text``, ``refusal``, ``reasoning_text``)."""
+def text_delta(part_type: str, item_id: str, output_index: int, content_index: int, delta: str,
+               logprobs: list | None = None) -> TextDeltaEvent:
+    """The delta event of a ``part_type`` part (``output_text``, ``refusal``, ``reasoning_text``);
+    an ``output_text`` delta carries the ``logprobs`` of its tokens (none: empty)."""
     event: TextDeltaEvent = {"type": _TEXT_PARTS[part_type][0] + ".delta", "item_id": item_id,
                              "output_index": output_index, "content_index": content_index, "delta": delta}
     if part_type == "output_text":
-        event["logprobs"] = []
+        event["logprobs"] = logprobs or []
     return event
 
 
-def text_done(part_type: str, item_id: str, output_index: int, content_index: int, text: str) -> TextDoneEvent:
-    """The done event of a ``part_type`` part with its whole ``text``."""
+def text_done(part_type: str, item_id: str, output_index: int, content_index: int, text: str,
+              logprobs: list | None = None) -> TextDoneEvent:
+    """The done event of a ``part_type`` part with its whole ``text`` (and an ``output_text``
+    part's ``logprobs``)."""
     family, field = _TEXT_PARTS[part_type]
     event: TextDoneEvent = {"type": family + ".done", "item_id": item_id, "output_index": output_index,
                             "content_index": content_index, field: text}  # type: ignore[misc]
     if part_type == "output_text":
-        event["logprobs"] = []
+        event["logprobs"] = logprobs or []
     return event
 
 
@@ -301,7 +305,8 @@ def closing_events(output_index: int, item: dict) -> list[Event]:
     else:
         for index, part in enumerate(item.get("content") or ()):
             if part.get("type") in _TEXT_PARTS:
-                events.append(text_done(part["type"], item_id, output_index, index, _part_text(part)))
+                events.append(text_done(part["type"], item_id, output_index, index, _part_text(part),
+                                        part.get("logprobs")))
             events.append(part_done(item_id, output_index, index, part))
         for index, part in enumerate(item.get("summary") or () if item.get("type") == "reasoning" else ()):
             events.append(summary_text_done(item_id, output_index, index, part.get("text", "")))
@@ -344,7 +349,8 @@ def replay_item(output_index: int, item: dict) -> list[Event]:
         for index, part in enumerate(item.get("content") or ()):
             events.append(part_added(item_id, output_index, index, _empty(part)))
             if part.get("type") in _TEXT_PARTS:
-                events.append(text_delta(part["type"], item_id, output_index, index, _part_text(part)))
+                events.append(text_delta(part["type"], item_id, output_index, index, _part_text(part),
+                                         part.get("logprobs")))
         for index, part in enumerate(item.get("summary") or () if item.get("type") == "reasoning" else ()):
             events.append(summary_part_added(item_id, output_index, index))
             events.append(summary_text_delta(item_id, output_index, index, part.get("text", "")))

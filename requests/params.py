@@ -132,6 +132,8 @@ def text_format_to_response_format(text: dict | None) -> dict | None:
 
 
 _SAMPLING_KEYS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+#: ``include`` values a Chat Completions backend can serve.
+CHAT_INCLUDES = frozenset({"reasoning.encrypted_content", "message.output_text.logprobs"})
 
 
 def chat_request_params(body: dict, messages: list[dict], model: str, *, stream: bool,
@@ -141,7 +143,10 @@ def chat_request_params(body: dict, messages: list[dict], model: str, *, stream:
     Maps ``max_output_tokens`` -> ``max_tokens``, sampling options, tools (hosted
     ones by ``hosted_policy``, see :func:`tools_responses_to_chat`), ``tool_choice``,
     ``parallel_tool_calls`` (only with tools), ``text.format`` ->
-    ``response_format`` and ``reasoning.effort`` -> ``reasoning_effort``.
+    ``response_format``, ``top_logprobs`` (or ``include`` of
+    ``message.output_text.logprobs``) -> ``logprobs``/``top_logprobs`` and
+    ``reasoning.effort`` -> ``reasoning_effort``; ``include`` values a Chat backend
+    cannot serve are refused.
     Streaming asks for a final usage chunk. Raises :class:`InvalidInput`.
     """
     params: dict[str, Any] = {"model": model, "messages": messages}
@@ -161,6 +166,15 @@ def chat_request_params(body: dict, messages: list[dict], model: str, *, stream:
     response_format = text_format_to_response_format(body.get("text"))
     if response_format is not None:
         params["response_format"] = response_format
+    include = body.get("include") or ()
+    for i, value in enumerate(include):
+        if value not in CHAT_INCLUDES:
+            raise InvalidInput(f"include {value!r} cannot apply on this model's backend (Chat Completions); it "
+                               f"can take {', '.join(sorted(CHAT_INCLUDES))}.", f"include[{i}]")
+    if body.get("top_logprobs") or "message.output_text.logprobs" in include:
+        params["logprobs"] = True
+        if body.get("top_logprobs"):
+            params["top_logprobs"] = body["top_logprobs"]
     effort = (body.get("reasoning") or {}).get("effort")
     if effort:
         params["reasoning_effort"] = effort

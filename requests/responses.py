@@ -365,7 +365,7 @@ def messages_to_responses_input(messages: Iterable[dict]) -> tuple[str | None, l
 # ── Chat Completions answer -> Responses output ────────────────────────────────
 
 def chat_message_to_output_items(message: dict, tools: ToolMap | None = None, summary: bool = False,
-                                 seal: Callable[[dict], str] | None = None) -> list[dict]:
+                                 seal: Callable[[dict], str] | None = None, logprobs: Any = None) -> list[dict]:
     """Translate one assistant Chat Completions message to Responses output items.
 
     Order: a ``reasoning`` item (from llama.cpp/vLLM ``reasoning_content`` or
@@ -375,7 +375,8 @@ def chat_message_to_output_items(message: dict, tools: ToolMap | None = None, su
     (the request's :class:`requests.tools.ToolMap`) the item of the tool called.
     With ``summary`` (the request asked for ``reasoning.summary``) the reasoning
     text is the reasoning item's summary too: Chat backends give no other.
-    ``seal`` gives the reasoning item its ``encrypted_content``.
+    ``seal`` gives the reasoning item its ``encrypted_content``; ``logprobs`` (the
+    choice's) go on the ``output_text`` part.
     """
     items: list[dict] = []
     reasoning = message.get("reasoning_content") or message.get("reasoning")
@@ -393,6 +394,8 @@ def chat_message_to_output_items(message: dict, tools: ToolMap | None = None, su
         items.append({"type": "message", "id": new_id("msg"), "status": "completed",
                       "role": "assistant",
                       "content": [{"type": "output_text", "text": content, "annotations": []}]})
+        if logprobs:
+            items[-1]["content"][0]["logprobs"] = logprobs_chat_to_responses(logprobs)
     refusal = message.get("refusal")
     if refusal:
         items.append({"type": "message", "id": new_id("msg"), "status": "completed",
@@ -430,6 +433,22 @@ def normalize_output_item(item: dict, status: str = "completed") -> dict:
             for p in out.get("content") or []]
     elif kind == "reasoning":
         out.setdefault("summary", [])
+    return out
+
+
+def logprobs_chat_to_responses(logprobs: Any) -> list[dict]:
+    """Chat ``choice.logprobs`` (``{"content": [{token, logprob, bytes, top_logprobs}]}``) as the
+    ``logprobs`` list of an ``output_text`` part (``openai.types.responses.response_output_text.Logprob``)."""
+    entries = (logprobs or {}).get("content") if isinstance(logprobs, dict) else None
+    out = []
+    for entry in entries or ():
+        if not isinstance(entry, dict):
+            continue
+        out.append({"token": entry.get("token", ""), "logprob": entry.get("logprob", 0.0),
+                    "bytes": entry.get("bytes") or [],
+                    "top_logprobs": [{"token": t.get("token", ""), "logprob": t.get("logprob", 0.0),
+                                      "bytes": t.get("bytes") or []}
+                                     for t in entry.get("top_logprobs") or () if isinstance(t, dict)]})
     return out
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 from requests import events as ev
 from requests.events import Event, Sequencer
-from requests.responses import new_id, output_text_of, usage_chat_to_responses
+from requests.responses import logprobs_chat_to_responses, new_id, output_text_of, usage_chat_to_responses
 from requests.tools import ToolMap
 
 __all__ = ["ChatStreamTranslator", "StreamState", "response_to_events", "INCOMPLETE_REASONS"]
@@ -85,6 +85,7 @@ class ChatStreamTranslator:
         self._state = StreamState.IDLE
         self._item_id = ""
         self._chunks: list[str] = []
+        self._logprobs: list[dict] = []     # of the open output_text part
         self._call: dict | None = None      # the open function call item (FUNCTION_CALL only)
         self._chat_name = ""                # the Chat function name of the open call
         self._deferred = False              # the open call becomes another item type when it ends
@@ -112,7 +113,8 @@ class ChatStreamTranslator:
                 self._add_text(StreamState.REASONING, reasoning, events)
             content = delta.get("content")
             if content:
-                self._add_text(StreamState.MESSAGE, content, events)
+                self._add_text(StreamState.MESSAGE, content, events,
+                               logprobs_chat_to_responses(choice["logprobs"]) if choice.get("logprobs") else None)
             refusal = delta.get("refusal")
             if refusal:
                 self._add_text(StreamState.REFUSAL, refusal, events)
@@ -122,13 +124,15 @@ class ChatStreamTranslator:
                 self.finish_reason = choice["finish_reason"]
         return events
 
-    def _add_text(self, state: StreamState, text: str, events: list) -> None:
+    def _add_text(self, state: StreamState, text: str, events: list, logprobs: list | None = None) -> None:
         part_type = _TEXT_STATES[state][2]
         if self._state is not state:
             self._close(events, "completed")
             self._open_text_item(state, events)
         self._chunks.append(text)
-        events.append(self.seq(ev.text_delta(part_type, self._item_id, len(self.items), 0, text)))
+        if logprobs:
+            self._logprobs.extend(logprobs)
+        events.append(self.seq(ev.text_delta(part_type, self._item_id, len(self.items), 0, text, logprobs)))
         if self.summary and state is StreamState.REASONING:
             events.append(self.seq(ev.summary_text_delta(self._item_id, len(self.items), 0, text)))
 
@@ -136,6 +140,7 @@ class ChatStreamTranslator:
         _, prefix, part_type = _TEXT_STATES[state]
         self._state = state
         self._chunks = []
+        self._logprobs = []
         self._item_id = new_id(prefix)
         index = len(self.items)
         events.append(self.seq(ev.item_added(index, _text_item(state, self._item_id, "in_progress", None))))
@@ -190,6 +195,8 @@ class ChatStreamTranslator:
                 return self.tools.call_item(self._chat_name, text, self._call["call_id"], status, self._item_id)
             return {**self._call, "arguments": text, "status": status}
         item = _text_item(self._state, self._item_id, status, text)
+        if self._state is StreamState.MESSAGE and self._logprobs:
+            item["content"][0]["logprobs"] = list(self._logprobs)
         if self._state is StreamState.REASONING:
             if self.summary:
                 item["summary"] = [{"type": "summary_text", "text": text}]

@@ -23,7 +23,7 @@ METADATA_MAX_VALUE_CHARS = 512
 class CreateResponseBody(BaseModel):
     """The create body. Strict types: a string is never taken for a number or a bool."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(min_length=1, max_length=256)
     input: str | list[dict[str, Any]] | None = None
@@ -52,6 +52,9 @@ class CreateResponseBody(BaseModel):
     truncation: Literal["auto", "disabled"] | None = None
     include: list[str] | None = None
     stream_options: dict[str, Any] | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    client_metadata: dict[str, Any] | None = None
     nomyo: dict[str, Any] | None = None
 
     @field_validator("metadata")
@@ -81,6 +84,12 @@ class CreateResponseBody(BaseModel):
         return value
 
 
+#: Create fields of ``openai.types.responses.ResponseCreateParams`` the gateway does not act on yet:
+#: a request with one is refused (400 naming it), never served as if it were absent.
+NOT_YET_SUPPORTED = ("conversation", "context_management", "prompt", "access_programs", "background_options",
+                     "image", "moderation")
+
+
 def _param(loc: tuple) -> str:
     """The top-level field of a pydantic error location, with the list indices after it."""
     out = str(loc[0]) if loc else ""
@@ -94,17 +103,23 @@ def validate_create_body(data: Any, max_input_items: int | None = None) -> dict:
     """Check a parsed create body; return it (the same dict) when valid.
 
     Raises :class:`InvalidInput` naming the first offending field, for a body
-    that is not an object, a wrong type or range, metadata past its limits, a
-    ``background`` request without ``store``, or more than ``max_input_items``
-    input items.
+    that is not an object, a field the gateway does not know (``unknown_parameter``)
+    or does not act on yet (:data:`NOT_YET_SUPPORTED`), a wrong type or range,
+    metadata past its limits, a ``background`` request without ``store``, or more
+    than ``max_input_items`` input items.
     """
     if not isinstance(data, dict):
         raise InvalidInput("The request body must be a JSON object.")
+    for name in NOT_YET_SUPPORTED:
+        if data.get(name) is not None:
+            raise InvalidInput(f"'{name}' is not supported by this gateway yet.", name, "unsupported_parameter")
     try:
         CreateResponseBody.model_validate(data)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         param = _param(tuple(err["loc"]))
+        if err["type"] == "extra_forbidden":
+            raise InvalidInput(f"Unknown parameter: '{param}'.", param, "unknown_parameter") from None
         raise InvalidInput(f"Invalid value for '{param}': {err['msg']}.", param) from None
     if data.get("background") and data.get("store") is False:
         raise InvalidInput("Background responses need 'store': true (the default).", "background")

@@ -335,7 +335,8 @@ def check_stream(events: list[dict], *, spec: bool = True, queued: bool = False,
                 assert part["type"] == "reasoning_text", part
             else:
                 assert part["type"] in ("output_text", "refusal"), part
-            open_item.parts.append({"type": part["type"], "text": "", "done": False, "text_done": False})
+            open_item.parts.append({"type": part["type"], "text": "", "done": False, "text_done": False,
+                                    "logprobs": []})
         elif t in ("response.output_text.delta", "response.reasoning_text.delta", "response.refusal.delta"):
             want = {"response.output_text.delta": "output_text", "response.reasoning_text.delta": "reasoning_text",
                     "response.refusal.delta": "refusal"}[t]
@@ -343,6 +344,7 @@ def check_stream(events: list[dict], *, spec: bool = True, queued: bool = False,
             part = open_item.parts[-1]
             assert part["type"] == want and not part["text_done"], f"{t} into {part}"
             part["text"] += e["delta"]
+            part["logprobs"] += e.get("logprobs") or []
         elif t in ("response.output_text.done", "response.reasoning_text.done", "response.refusal.done"):
             want = {"response.output_text.done": "output_text", "response.reasoning_text.done": "reasoning_text",
                     "response.refusal.done": "refusal"}[t]
@@ -359,7 +361,8 @@ def check_stream(events: list[dict], *, spec: bool = True, queued: bool = False,
             assert e["part"]["type"] == part["type"]
             assert e["part"][_part_text_key(part["type"])] == part["text"], "content_part.done lacks the full text"
             if part["type"] == "output_text":
-                assert e["part"].get("annotations") == [] and e["part"].get("logprobs") == [], e["part"]
+                assert e["part"].get("annotations") == [] and e["part"].get("logprobs") == part["logprobs"], \
+                    f"content_part.done logprobs differ from the deltas': {e['part']}"
             part["done"] = True
         elif t == "response.function_call_arguments.delta":
             assert kind == "function_call" and not open_item.arguments_done, f"{t} on {open_item.item}"
