@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run the whole test suite from a fresh machine (Python 3.11, pip and gcc):
 # make ./.venv, install the project with its test extras, build llama-server once
-# (cached outside the repository), generate the tiny scripted model, install Codex CLI
-# from npm (cached likewise), run pytest.
+# (cached outside the repository), generate the tiny scripted model, install Codex CLI and
+# the client SDKs the end-to-end tier drives (cached likewise), run pytest.
 # Arguments are passed to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,10 @@ NOMYO_LLAMA_SERVER="$(PYTHON=.venv/bin/python bash scripts/llama-server.sh)"
 NOMYO_TINY_MODEL="$cache/tiny-model.gguf"
 .venv/bin/python scripts/make_tiny_model.py "$NOMYO_TINY_MODEL" >&2
 NOMYO_CODEX="$(bash scripts/codex.sh)"
-export NOMYO_LLAMA_SERVER NOMYO_TINY_MODEL NOMYO_CODEX
+clients="$(bash scripts/clients.sh)"
+NOMYO_NODE_CLIENTS="$(sed -n 1p <<<"$clients")"
+NOMYO_AGENTS_TARGET="$(sed -n 2p <<<"$clients")"
+export NOMYO_LLAMA_SERVER NOMYO_TINY_MODEL NOMYO_CODEX NOMYO_NODE_CLIENTS NOMYO_AGENTS_TARGET
 # The end-to-end tier must run, not skip, when started from here.
 export NOMYO_E2E_REQUIRED=1
 
