@@ -262,7 +262,16 @@ HOSTED_TOOLS = [
     {"type": "code_interpreter", "container": {"type": "auto"}},
     {"type": "image_generation"},
     {"type": "mcp", "server_label": "x", "server_url": "https://mcp.example"},
+    {"type": "web_search_2025_08_26"},
+    {"type": "web_search_preview_2025_03_11"},
+    {"type": "tool_search"},
+    {"type": "programmatic_tool_calling"},
 ]
+
+
+def test_every_hosted_tool_type_is_covered():
+    from requests.params import HOSTED_TOOL_TYPES
+    assert {t["type"] for t in HOSTED_TOOLS} == HOSTED_TOOL_TYPES
 
 
 @pytest.mark.parametrize("tool", HOSTED_TOOLS, ids=lambda t: t["type"])

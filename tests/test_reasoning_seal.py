@@ -94,3 +94,22 @@ def test_the_key_is_kept_beside_the_store_and_a_configured_one_wins(tmp_path):
     assert ReasoningSeal(made).open(blob) == [{"type": "reasoning_text", "text": "x"}]
     with pytest.raises(SealError):
         ReasoningSeal(configured).open(blob)
+
+
+async def test_a_resent_history_maps_to_the_same_chat_history_as_the_stored_chain(client):
+    from conformance import tool_call
+    calls = [tool_call("call_1", "get_weather", '{"city": "Paris"}')]
+    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]
+    with Backend(chat_completion("Let me look.", reasoning_content="A tool will tell.", tool_calls=calls,
+                                 finish_reason="tool_calls"),
+                 chat_completion("Sunny."), chat_completion("Sunny.")) as backend:
+        first = await create(client, {"model": MODEL, "input": "Weather in Paris?", "tools": tools,
+                                      "include": ["reasoning.encrypted_content"]})
+        result = {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}
+        await create(client, {"model": MODEL, "input": [result], "previous_response_id": first["id"], "tools": tools})
+        resent = [{"type": "message", "role": "user", "content": "Weather in Paris?"},
+                  *_without_clear_text(first["output"]), result]
+        await create(client, {**STATELESS, "input": resent, "tools": tools})
+    chained, stateless = backend.chat_params[1]["messages"], backend.chat_params[2]["messages"]
+    assert stateless == chained
+    assert chained[1]["reasoning_content"] == "A tool will tell." and chained[1]["tool_calls"][0]["id"] == "call_1"
