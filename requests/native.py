@@ -16,9 +16,14 @@ from requests.responses import build_response_object, complete_usage, normalize_
 
 __all__ = ["native_request", "native_input", "native_to_response", "NativeStreamTranslator"]
 
-#: Body fields the gateway handles itself and never sends upstream.
-GATEWAY_FIELDS = frozenset({"nomyo", "previous_response_id", "store", "background", "stream",
-                            "stream_options", "model", "input"})
+#: Create fields sent to an upstream Responses API as they came: an allowlist, so nothing a
+#: client sends can become an option of the upstream call itself (headers, query, timeout, body).
+NATIVE_FIELDS = ("instructions", "tools", "tool_choice", "parallel_tool_calls", "temperature", "top_p",
+                 "max_output_tokens", "max_tool_calls", "top_logprobs", "metadata", "text", "reasoning", "user",
+                 "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
+                 "service_tier", "truncation", "include")
+#: Accepted create fields that the SDK's ``responses.create`` does not name: sent in the body.
+NATIVE_BODY_FIELDS = ("client_metadata", "presence_penalty", "frequency_penalty")
 
 
 def native_input(items: list[dict]) -> list[dict]:
@@ -47,9 +52,14 @@ def native_input(items: list[dict]) -> list[dict]:
 def native_request(body: dict, items: list[dict], model: str, *, stream: bool) -> dict:
     """The upstream ``responses.create`` keyword arguments for ``body``.
 
-    ``items`` is the whole chain plus this turn's input. Always ``store=False``.
+    Only :data:`NATIVE_FIELDS` pass (and :data:`NATIVE_BODY_FIELDS` in
+    ``extra_body``); ``model`` is the endpoint's, ``input`` the whole chain plus
+    this turn's input (``items``); always ``store=False``, never ``background``.
     """
-    params = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
+    params = {k: body[k] for k in NATIVE_FIELDS if body.get(k) is not None}
+    extra = {k: body[k] for k in NATIVE_BODY_FIELDS if body.get(k) is not None}
+    if extra:
+        params["extra_body"] = extra
     params.update(model=model, input=native_input(items), store=False)
     if stream:
         params["stream"] = True

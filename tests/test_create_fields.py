@@ -72,3 +72,11 @@ async def test_streamed_logprobs_ride_on_their_deltas(client):
     assert [d["logprobs"] for d in summary.of_type("response.output_text.delta")] == [[LOGPROB], []]
     [done] = summary.of_type("response.output_text.done")
     assert done["logprobs"] == [LOGPROB] and summary.items[0]["content"][0]["logprobs"] == [LOGPROB]
+
+
+@pytest.mark.parametrize("field", ["extra_headers", "extra_query", "extra_body", "timeout"])
+async def test_upstream_call_options_cannot_come_from_a_client(client, field):
+    with Backend(native=True, model="gpt-5-mini") as backend:
+        reply = await client.post("/v1/responses", json={"model": "gpt-5-mini", "input": "x", field: {"a": "1"}})
+    assert assert_openai_error(reply, 400)["param"] == field
+    assert backend.openai.responses.create.call_count == 0

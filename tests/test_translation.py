@@ -183,3 +183,13 @@ def test_native_input_is_stateless():
                              "temperature": 0.1}, items[:1], "gpt", stream=True)
     assert params["store"] is False and params["stream"] is True and params["model"] == "gpt"
     assert "nomyo" not in params and "previous_response_id" not in params and "background" not in params
+
+
+def test_native_request_sends_only_responses_fields():
+    body = {"model": "client-model", "input": "hi", "temperature": 0.2, "client_metadata": {"a": "1"},
+            "extra_headers": {"X-Evil": "1"}, "extra_query": {"q": "1"}, "extra_body": {"store": True},
+            "timeout": 0.001, "background": True, "store": True, "stream": True, "nomyo": {"cache": True},
+            "previous_response_id": "resp_1", "conversation": "conv_1"}
+    params = native_request(body, [{"type": "message", "role": "user", "content": "hi"}], "gpt-5", stream=False)
+    assert params == {"temperature": 0.2, "extra_body": {"client_metadata": {"a": "1"}}, "model": "gpt-5",
+                      "input": [{"type": "message", "role": "user", "content": "hi"}], "store": False}
