@@ -77,9 +77,13 @@ class Settings(BaseSettings):
     @field_validator("router_api_key")
     @classmethod
     def _keys(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value is None:
+            return None
+        if value == "" or value == []:
+            raise ValueError("the router key is empty; leave the key out entirely to run without authentication")
         if isinstance(value, list) and not all(isinstance(k, str) and k for k in value):
             raise ValueError("every key must be a non-empty string")
-        return value or None
+        return value
 
     @field_validator("model_aliases")
     @classmethod
@@ -114,9 +118,18 @@ class Settings(BaseSettings):
         return env_settings, init_settings
 
 
+def _variable(match: re.Match) -> str:
+    name = match.group(1)
+    if name not in os.environ:
+        raise ConfigError(f"${{{name}}} is used in the configuration but {name} is not set")
+    return os.environ[name]
+
+
 def _expand(value: Any) -> Any:
+    """``value`` with every ``${NAME}`` replaced by ``$NAME``. Raises ConfigError naming a
+    variable that is not set: an unset secret must never read as an empty one."""
     if isinstance(value, str):
-        return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), ""), value)
+        return _ENV_REF.sub(_variable, value)
     if isinstance(value, list):
         return [_expand(v) for v in value]
     if isinstance(value, dict):

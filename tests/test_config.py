@@ -59,3 +59,25 @@ def test_bad_config_names_the_key(tmp_path, monkeypatch, text, key):
 def test_missing_explicit_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("text", [
+    'nomyo-router-api-key: "${NOMYO_TEST_UNSET_KEY}"',
+    'api_keys: {"https://api.openai.com/v1": "${NOMYO_TEST_UNSET_KEY}"}',
+])
+def test_an_unset_variable_is_a_start_up_error_naming_it(tmp_path, monkeypatch, text):
+    monkeypatch.delenv("NOMYO_TEST_UNSET_KEY", raising=False)
+    with pytest.raises(ConfigError, match="NOMYO_TEST_UNSET_KEY is not set"):
+        load_settings(_write(tmp_path, text + "\n"))
+
+
+@pytest.mark.parametrize("text", ['nomyo-router-api-key: ""', "nomyo-router-api-key: []",
+                                  'nomyo-router-api-key: "${NOMYO_TEST_EMPTY_KEY}"'])
+def test_an_empty_router_key_is_an_error_not_auth_off(tmp_path, monkeypatch, text):
+    monkeypatch.setenv("NOMYO_TEST_EMPTY_KEY", "")
+    with pytest.raises(ConfigError, match="router key is empty"):
+        load_settings(_write(tmp_path, text + "\n"))
+
+
+def test_no_key_at_all_means_no_authentication(tmp_path):
+    assert load_settings(_write(tmp_path, "endpoints: []\n")).router_api_keys == []
