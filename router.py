@@ -170,6 +170,11 @@ async def _api_error(request: Request, exc: APIError) -> Response:
     return error_response(exc)
 
 
+@app.exception_handler(responses.ClientGone)
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    return Response(status_code=499)  # nobody reads it: the status is for the access log
+
+
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
     err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Awaitable
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -77,6 +77,34 @@ async def _parse_body(request: Request) -> dict:
         raise bad_input(exc) from None
 
 
+class ClientGone(Exception):
+    """The client closed its connection while the gateway waited for the backend."""
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable[Any]) -> Any:
+    """Await ``work`` while watching the connection: a client that leaves cancels it at once
+    (the upstream call, its usage slot, the backend's generation) and raises :class:`ClientGone`."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        watch.cancel()
+        task.cancel()
+        raise
+    watch.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.wait((task,))
+        raise ClientGone()
+    return task.result()
+
+
 _CREATE_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": CreateResponseBody.model_json_schema()}}}}
 
@@ -104,9 +132,9 @@ async def create_response(request: Request) -> Response:
             return EventStreamResponse(sse_of_batches(job.follow()))
         return _json(job.queued)
 
-    await run.open()
+    await _unless_client_leaves(request, run.open())
     if not turn.stream:
-        return _json(await run.answer())
+        return _json(await _unless_client_leaves(request, run.answer()))
     try:
         await run.begin_stream()
     except BaseException:
