@@ -75,6 +75,21 @@ def _endpoint_from_config(url: str, kind: str, settings: Settings) -> Endpoint:
     return Endpoint(url=url, kind=kind, base_url=base, native=native, api_key=key)
 
 
+def _model_names(ep: Endpoint, listing: Any, key: str, fields: tuple[str, ...]) -> set[str]:
+    """The model names of a discovery answer (``listing[key]``, each entry's first non-empty
+    ``fields`` string). Entries that are not so are skipped, and logged."""
+    entries = listing.get(key) if isinstance(listing, dict) else None
+    names: set[str] = set()
+    for entry in entries if isinstance(entries, list) else ():
+        name = next((entry[f] for f in fields if isinstance(entry, dict) and isinstance(entry.get(f), str)
+                     and entry[f]), None)
+        if name is None:
+            log.warning("skipping a model entry of %s that has no name: %.200r", ep.url, entry)
+        else:
+            names.add(name)
+    return names
+
+
 class Registry:
     """The endpoints, their discovered models, usage counters and pooled clients."""
 
@@ -107,11 +122,10 @@ class Registry:
             if ep.kind == "ollama":
                 tags, ps = await asyncio.gather(self._get_json(ep, f"{ep.url}/api/tags"),
                                                 self._get_json(ep, f"{ep.url}/api/ps"))
-                ep.models = {m.get("name") or m.get("model") for m in tags.get("models") or []}
-                ep.loaded = {m.get("name") or m.get("model") for m in ps.get("models") or []}
+                ep.models = _model_names(ep, tags, "models", ("name", "model"))
+                ep.loaded = _model_names(ep, ps, "models", ("name", "model"))
             else:
-                listing = await self._get_json(ep, f"{ep.base_url}/models")
-                ep.models = {m["id"] for m in listing.get("data") or [] if "id" in m}
+                ep.models = _model_names(ep, await self._get_json(ep, f"{ep.base_url}/models"), "data", ("id",))
                 ep.loaded = set(ep.models)
             ep.reachable, ep.last_error = True, None
         except Exception as exc:  # any failure only marks the endpoint down
@@ -222,7 +236,8 @@ class Registry:
                     raise
 
     async def release(self, endpoint: str, model: str) -> None:
-        """Give a usage slot back and wake one waiter. Never goes below zero."""
+        """Give a usage slot back and wake the waiters (those of every model: each checks
+        whether the freed slot is one it can use). Never goes below zero."""
         key = (endpoint, model)
         left = self.usage.get(key, 0) - 1
         if left > 0:
@@ -230,7 +245,7 @@ class Registry:
         else:
             self.usage.pop(key, None)
         async with self._slot_freed:
-            self._slot_freed.notify()
+            self._slot_freed.notify_all()
 
     def mark_unreachable(self, endpoint: str, detail: str) -> None:
         """Record a failed connection so routing prefers other endpoints until rediscovery."""
@@ -260,7 +275,8 @@ class Registry:
             else:
                 client = ChatClient(base, key, connect_timeout=self.settings.connect_timeout,
                                     read_timeout=self.settings.request_timeout,
-                                    max_connections=max(1000, keepalive))
+                                    max_connections=max(1000, keepalive),
+                                    max_answer_bytes=self.settings.max_upstream_bytes)
             self._clients[endpoint] = client
         return client
 
@@ -362,7 +378,7 @@ def backend_error(client: openai.AsyncOpenAI, exc: openai.APIError) -> APIError:
         cause = exc.__cause__ or exc
         return BackendUnavailable(str(client.base_url), f"{type(cause).__name__}: {cause}".rstrip(": "))
     if not isinstance(exc, openai.APIStatusError):
-        return APIError(502, f"The backend's answer could not be used: {exc}.", code="bad_backend_answer")
+        return APIError(502, f"The backend's answer could not be used: {exc}.", code="bad_upstream_response")
     return upstream_error(exc.status_code, exc.body, exc.message)
 
 

@@ -180,14 +180,14 @@ class ChatClient:
 
     ``base_url`` is the OpenAI-compatible base (ending in ``/v1``); ``api_key``
     is sent as a bearer token when set. ``connect_timeout`` bounds connecting,
-    ``read_timeout`` each wait for upstream bytes (seconds). At most
-    ``max_connections`` connections, ``keepalive`` of them kept idle for
+    ``read_timeout`` each wait for upstream bytes (seconds); a whole answer may
+    have ``max_answer_bytes`` at most (502 past it). At most ``max_connections`` connections, ``keepalive`` of them kept idle for
     :data:`KEEPALIVE_EXPIRY` seconds. The session is made on first use, inside
     the running event loop.
     """
 
     def __init__(self, base_url: str, api_key: str | None, *, connect_timeout: float, read_timeout: float,
-                 max_connections: int):
+                 max_connections: int, max_answer_bytes: int = 64 * 1024 * 1024):
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
         self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -195,6 +195,7 @@ class ChatClient:
             self.headers["Authorization"] = f"Bearer {api_key}"
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
         self._max_connections = max_connections
+        self._max_answer_bytes = max_answer_bytes
         self._session: aiohttp.ClientSession | None = None
 
     def _open_session(self) -> aiohttp.ClientSession:
@@ -224,23 +225,44 @@ class ChatClient:
         if stream:
             return ChatStream(response)
         try:
-            raw = await response.read()
+            raw = await self._read_bounded(response)
         except TimeoutError as exc:
             response.close()
             raise BackendTimeout(str(exc) or "the backend did not finish its answer in time") from exc
         except (aiohttp.ClientError, OSError) as exc:
             response.close()
-            raise APIError(502, f"The backend's answer broke off: {_cause(exc)}.",
-                           code="bad_backend_answer") from exc
+            raise self._bad(f"the answer broke off ({_cause(exc)})") from exc
         finally:
             response.release()
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise APIError(502, "The backend's answer is not JSON.", code="bad_backend_answer") from None
+            raise self._bad("the answer is not JSON") from None
         if not isinstance(data, dict):
-            raise APIError(502, "The backend's answer is not a JSON object.", code="bad_backend_answer")
+            raise self._bad("the answer is not a JSON object")
+        if not isinstance(data.get("choices"), list):
+            err = data.get("error")
+            detail = err.get("message") if isinstance(err, dict) else err
+            raise self._bad(f"it answered 200 with an error: {detail}" if err else "the answer has no choices")
         return _normalize_usage(data) if "usage" in data else data
+
+    async def _read_bounded(self, response: aiohttp.ClientResponse) -> bytes:
+        limit = self._max_answer_bytes
+        if response.content_length is not None and response.content_length > limit:
+            response.close()
+            raise self._bad(f"the answer is larger than max_upstream_bytes ({limit} bytes)")
+        parts, size = [], 0
+        async for part in response.content.iter_chunked(1 << 16):
+            size += len(part)
+            if size > limit:
+                response.close()
+                raise self._bad(f"the answer is larger than max_upstream_bytes ({limit} bytes)")
+            parts.append(part)
+        return b"".join(parts)
+
+    def _bad(self, detail: str) -> APIError:
+        """A 502 for an answer that cannot be used (never cached, never retried)."""
+        return APIError(502, f"The backend {self.base_url} answered badly: {detail}.", code="bad_upstream_response")
 
     async def _raise_for_status(self, response: aiohttp.ClientResponse) -> None:
         try:

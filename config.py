@@ -51,9 +51,11 @@ class Settings(BaseSettings):
     request_timeout: float = Field(600, gt=0)
     connect_timeout: float = Field(10, gt=0)
     queue_timeout: float = Field(300, ge=0)
-    discovery_ttl: float = Field(30, gt=0)
+    discovery_ttl: float = Field(30, ge=1)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_input_items: int = Field(4096, ge=1)
+    #: The largest whole (non-streamed) answer taken from a backend; past it the answer is a 502.
+    max_upstream_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     #: Client model names served by other models: ``{"gpt-5.1-codex": "qwen3-coder:30b"}``.
     model_aliases: dict[str, str] = Field(default_factory=dict)
     #: What a translated (Chat) endpoint does with a hosted tool it cannot run (web_search,

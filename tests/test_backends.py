@@ -308,3 +308,54 @@ async def test_a_stream_is_complete_at_done_even_when_its_body_stays_open():
     finally:
         await client.close()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("status,payload,detail", [
+    (200, {"error": {"message": "model is loading"}}, "it answered 200 with an error: model is loading"),
+    (200, {"id": "x", "object": "chat.completion"}, "the answer has no choices"),
+    (200, [1, 2], "the answer is not a JSON object"),
+])
+async def test_an_unusable_answer_is_502_naming_the_backend(status, payload, detail):
+    async with scripted_server(lambda body: (status, payload)) as client:
+        with pytest.raises(APIError) as info:
+            await create_chat_with_retries(client, {"model": "x", "messages": []})
+    assert (info.value.status, info.value.code) == (502, "bad_upstream_response")
+    assert client.base_url in info.value.message and detail in info.value.message
+
+
+async def test_an_answer_past_max_upstream_bytes_is_502():
+    big = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * 5000}}]}
+    async with scripted_server(lambda body: (200, big)) as client:
+        client._max_answer_bytes = 2048
+        with pytest.raises(APIError) as info:
+            await create_chat_with_retries(client, {"model": "x", "messages": []})
+    assert info.value.code == "bad_upstream_response" and "max_upstream_bytes" in info.value.message
+
+
+async def test_odd_model_entries_from_discovery_are_skipped():
+    async def tags(request: web.Request) -> web.Response:
+        return web.json_response({"models": [{"name": "good:latest"}, {"name": None}, {"model": 7}, "junk", {}]})
+
+    async def ps(request: web.Request) -> web.Response:
+        return web.json_response({"models": [None]})
+
+    app = web.Application()
+    app.router.add_get("/api/tags", tags)
+    app.router.add_get("/api/ps", ps)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    registry = Registry(Settings(endpoints=[url]))
+    try:
+        await registry.refresh_all()
+        assert registry.endpoints[url].reachable and registry.models() == ["good:latest"]
+    finally:
+        await registry.close()
+        await runner.cleanup()
+
+
+def test_discovery_ttl_has_a_floor():
+    with pytest.raises(ValueError):
+        Settings(discovery_ttl=0.000001)

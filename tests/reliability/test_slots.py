@@ -115,3 +115,21 @@ async def test_cancellation_storm_leaves_usage_at_zero(registry):
     assert reg.usage == {} and peak == 3
     served = sum(r is None for r in results)
     assert served >= 240 and all(r is None or isinstance(r, asyncio.CancelledError) for r in results)
+
+
+async def test_a_freed_slot_reaches_the_waiter_that_can_use_it(registry):
+    """Waiters for two models share one queue: a slot freed for one model must not be lost on a
+    waiter of the other (which would then sleep its whole queue_timeout)."""
+    reg = registry(limit=1, queue_timeout=5)
+    reg.endpoints[URL].models = reg.endpoints[URL].loaded = {"a", "b"}
+    await reg.choose("a")
+    await reg.choose("b")
+    wait_a = asyncio.create_task(reg.choose("a"))
+    await asyncio.sleep(0.05)
+    wait_b = asyncio.create_task(reg.choose("b"))
+    await asyncio.sleep(0.05)
+    await reg.release(URL, "b")
+    assert await asyncio.wait_for(wait_b, 1) == (URL, "b")
+    assert not wait_a.done()
+    await reg.release(URL, "a")
+    assert await asyncio.wait_for(wait_a, 1) == (URL, "a")
