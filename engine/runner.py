@@ -23,10 +23,10 @@ from engine.upstream import ChatChunks, Completion, NativeEvents, NativeResponse
 from errors import APIError
 from metrics import CACHE_LOOKUPS
 from requests.common import new_id, plain
-from requests.events import Event, Sequencer, StreamTranslator, response_event
+from requests.events import Event, Sequencer, StreamTranslator, error_event, response_event
 from requests.native import NativeStreamTranslator, native_to_response
 from requests.responses import chat_message_to_output_items, usage_chat_to_responses
-from requests.stream import INCOMPLETE_REASONS, ChatStreamTranslator
+from requests.stream import INCOMPLETE_REASONS, ChatStreamTranslator, ProtocolError
 
 if TYPE_CHECKING:
     from engine.gateway import Gateway
@@ -231,11 +231,20 @@ class TurnRun:
             else:
                 final = turn.response("cancelled", completed_at=None)
             return final, [self.seq(response_event("response.failed", final))]
-        if not isinstance(error, APIError):
+        if isinstance(error, ProtocolError):
+            error = APIError(502, f"The backend's stream broke the Chat Completions format: {error}.",
+                             code="bad_upstream_response")
+        elif not isinstance(error, APIError):
             log.error("response %s failed", turn.id, exc_info=error)
             error = APIError(500, f"Internal error: {type(error).__name__}.")
+        code = _failure_code(error)
         failer = translator or ChatStreamTranslator(turn.response("in_progress", completed_at=None), self.seq)
-        closing = failer.fail(error.message, _failure_code(error))
+        try:
+            closing = failer.fail(error.message, code)
+        except Exception:  # the stream's own state is broken: end it without its open items
+            log.exception("closing the stream of response %s failed", turn.id)
+            final = turn.response("failed", completed_at=None, error={"code": code, "message": error.message})
+            return final, self.seq.all([error_event(error.message, code), response_event("response.failed", final)])
         return failer.final, closing
 
     async def settle(self, error: BaseException | None = None) -> list[Event]:

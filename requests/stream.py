@@ -18,10 +18,47 @@ from requests.events import Event, Sequencer
 from requests.responses import logprobs_chat_to_responses, new_id, output_text_of, usage_chat_to_responses
 from requests.tools import ToolMap
 
-__all__ = ["ChatStreamTranslator", "StreamState", "response_to_events", "INCOMPLETE_REASONS"]
+__all__ = ["ChatStreamTranslator", "StreamState", "ProtocolError", "response_to_events", "INCOMPLETE_REASONS"]
 
 #: Chat ``finish_reason`` values that make a response ``incomplete``, and the reason it then gives.
 INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+class ProtocolError(ValueError):
+    """A backend chunk that breaks the Chat Completions stream shapes."""
+
+
+_TEXT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")
+_USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def _check_chunk(chunk: Any) -> None:
+    if not isinstance(chunk, dict):
+        raise ProtocolError(f"a chunk is not an object: {chunk!r:.100}")
+    usage = chunk.get("usage")
+    if usage is not None and not (isinstance(usage, dict) and all(
+            isinstance(usage.get(k, 0), int) and not isinstance(usage.get(k, 0), bool) for k in _USAGE_FIELDS)):
+        raise ProtocolError(f"the usage is not token counts: {usage!r:.200}")
+    choices = chunk.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        raise ProtocolError("'choices' is not a list")
+    for choice in choices or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if delta is None:
+            continue
+        if not isinstance(delta, dict):
+            raise ProtocolError(f"a delta is not an object: {delta!r:.100}")
+        for field in _TEXT_FIELDS:
+            if delta.get(field) is not None and not isinstance(delta[field], str):
+                raise ProtocolError(f"delta.{field} is not text: {delta[field]!r:.100}")
+        calls = delta.get("tool_calls")
+        if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
+            raise ProtocolError("delta.tool_calls is not a list of objects")
+        for call in calls or ():
+            fn = call.get("function") or {}
+            if not isinstance(fn, dict) or any(fn.get(k) is not None and not isinstance(fn[k], str)
+                                               for k in ("name", "arguments")):
+                raise ProtocolError(f"a tool call's function is malformed: {fn!r:.100}")
 
 
 class StreamState(Enum):
@@ -101,7 +138,12 @@ class ChatStreamTranslator:
         return self.seq.all([ev.response_event("response.created", self.response), in_progress])
 
     def feed(self, chunk: dict) -> list[Event]:
-        """Translate one chunk (``choices[0].delta`` and optional ``usage``)."""
+        """Translate one chunk (``choices[0].delta`` and optional ``usage``).
+
+        Raises :class:`ProtocolError` for a chunk that breaks the Chat Completions
+        shapes (a number where text belongs, a token count that is not a number),
+        before anything of it is taken: :meth:`fail` can still close the stream."""
+        _check_chunk(chunk)
         events: list[Event] = []
         usage = chunk.get("usage")
         if usage:

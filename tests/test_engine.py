@@ -225,3 +225,23 @@ async def test_a_store_that_cannot_be_written_still_ends_a_failed_stream(client,
         monkeypatch.setattr(gateway.store, "update_response", locked)
         events = await create_stream(client, {"model": "m", "input": "hi"})
     assert [e["type"] for e in events][-2:] == ["error", "response.failed"]
+
+
+@pytest.mark.parametrize("bad", [chunk_ := None, "usage"], ids=["number-as-text", "string-token-count"])
+async def test_a_malformed_chunk_ends_the_stream_failed(client, bad):
+    from conformance import chat_usage, chunk
+    broken = chunk(content=5) if bad is None else chunk(empty_choices=True, usage={**chat_usage(),
+                                                                                     "completion_tokens": "7"})
+    chunks = [chunk(role="assistant", content=""), chunk(content="Hel"), broken, chunk(finish_reason="stop")]
+    for background in (False, True):
+        with Backend(chunks):
+            body = {"model": "m", "input": "hi", "stream": True, "background": background}
+            events = await create_stream(client, body)
+            rid = events[0]["response"]["id"]
+            await router.app.state.gateway.jobs.wait(rid)
+        assert [e["type"] for e in events][-2:] == ["error", "response.failed"]
+        assert events[-2]["code"] == "server_error" and "Chat Completions format" in events[-2]["message"]
+        check_stream(events, queued=background)
+        row = await router.app.state.gateway.store.get_response(rid)
+        assert row["status"] == "failed", row["status"]
+        assert row["response"]["output"][0]["content"][0]["text"] == "Hel", row["response"]["output"]
