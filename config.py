@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     discovery_ttl: float = Field(30, ge=1)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_input_items: int = Field(4096, ge=1)
+    #: Background responses queued or running at once; past it a background create is a 429.
+    max_background_jobs: int = Field(256, ge=1)
     #: The largest whole (non-streamed) answer taken from a backend; past it the answer is a 502.
     max_upstream_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     #: Client model names served by other models: ``{"gpt-5.1-codex": "qwen3-coder:30b"}``.

@@ -11,10 +11,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # not on this platform: no lock
+    fcntl = None  # type: ignore[assignment]
+
 import aiosqlite
 import orjson
 
-__all__ = ["ResponseStore", "SCHEMA_VERSION"]
+__all__ = ["ResponseStore", "StoreInUse", "SCHEMA_VERSION"]
+
+
+class StoreInUse(RuntimeError):
+    """Another process holds the SQLite store."""
 
 #: Schema migrations; entry ``n`` upgrades version ``n`` to ``n + 1``.
 MIGRATIONS: list[str] = [
@@ -77,12 +86,29 @@ class ResponseStore:
     def __init__(self, path: str):
         self.path = path
         self.conn: aiosqlite.Connection | None = None
+        self._lock: Any = None
+
+    def _take_lock(self) -> None:
+        """Hold ``<path>.lock`` exclusively for the life of this store: one gateway process per
+        SQLite store (background jobs and cancels are process-local). Raises StoreInUse."""
+        if self.path == ":memory:" or fcntl is None:
+            return
+        lock = open(f"{self.path}.lock", "a")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            raise StoreInUse(f"another gateway process already uses the store {self.path}; run one process "
+                             "(one uvicorn worker) per SQLite store") from None
+        self._lock = lock
 
     async def open(self) -> "ResponseStore":
         """Open (creating or migrating) the database in WAL mode.
 
-        Raises RuntimeError for a store written by a newer schema (and stays closed).
+        Raises :class:`StoreInUse` when another process holds the store, RuntimeError for a
+        store written by a newer schema (and stays closed then).
         """
+        self._take_lock()
         self.conn = await aiosqlite.connect(self.path, isolation_level=None)
         try:
             await self._prepare()
@@ -107,10 +133,15 @@ class ResponseStore:
                                           "COMMIT;")
 
     async def close(self) -> None:
-        """Close the connection (idempotent)."""
-        if self.conn is not None:
-            await self.conn.close()
-            self.conn = None
+        """Close the connection and give the store's lock back (idempotent)."""
+        try:
+            if self.conn is not None:
+                await self.conn.close()
+                self.conn = None
+        finally:
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
 
     async def check(self) -> None:
         """Run a trivial query; raises if the store cannot answer."""

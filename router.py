@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import time
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,12 +29,28 @@ from starlette.responses import Response  # noqa: E402
 
 from api import health, responses  # noqa: E402
 from config import ConfigError, load_settings  # noqa: E402
-from db import ResponseStore  # noqa: E402
+from db import ResponseStore, StoreInUse  # noqa: E402
 from engine.gateway import Gateway, open_gateway  # noqa: E402
 from errors import APIError, error_body  # noqa: E402
 from metrics import REQUEST_SECONDS, REQUESTS, route_family  # noqa: E402
 
 log = logging.getLogger("nomyo_router")
+
+_API_KEY_IN_QUERY = re.compile(r"(?i)([?&]api_key=)[^&\s]*")
+
+
+class RedactKeys(logging.Filter):
+    """Masks a router key sent as ``?api_key=`` in the access log's request line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "api_key=" in a.lower()
+                                                   for a in record.args):
+            record.args = tuple(_API_KEY_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
+
+
+logging.getLogger("uvicorn.access").addFilter(RedactKeys())
 
 #: The response store of the running app (set at start-up; NOMYO Router's name for it).
 db: ResponseStore | None = None
@@ -53,7 +70,11 @@ async def lifespan(app: FastAPI):
         raise SystemExit(f"nomyo-router: {exc}") from None
     db_path = os.environ.get("NOMYO_ROUTER_DB_PATH") or settings.db_path
     # The backend functions turns run with are api.responses' names, read at call time.
-    gateway: Gateway = await open_gateway(settings, db_path, calls=responses)
+    try:
+        gateway: Gateway = await open_gateway(settings, db_path, calls=responses)
+    except StoreInUse as exc:
+        log.critical("%s", exc)
+        raise SystemExit(f"nomyo-router: {exc}") from None
     app.state.gateway = gateway
     db = gateway.store
     try:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 from engine.runner import TurnRun, save
 from engine.turn import Turn
+from errors import APIError
 from requests.events import Event, Sequencer, response_event
 
 if TYPE_CHECKING:
@@ -72,7 +73,12 @@ class JobManager:
         self.jobs: dict[str, Job] = {}
 
     async def submit(self, turn: Turn) -> Job:
-        """Store ``turn`` as ``queued`` and run it in the background."""
+        """Store ``turn`` as ``queued`` and run it in the background. Raises APIError 429
+        ``too_many_background_jobs`` when ``max_background_jobs`` are queued or running."""
+        limit = self.gateway.settings.max_background_jobs
+        if len(self.jobs) >= limit:
+            raise APIError(429, f"{limit} background responses are queued or running already; retry later.",
+                           code="too_many_background_jobs", type="rate_limit_error")
         queued = turn.response("queued", completed_at=None)
         await save(self.gateway, turn, queued)
         seq = Sequencer()

@@ -245,3 +245,18 @@ async def test_a_malformed_chunk_ends_the_stream_failed(client, bad):
         row = await router.app.state.gateway.store.get_response(rid)
         assert row["status"] == "failed", row["status"]
         assert row["response"]["output"][0]["content"][0]["text"] == "Hel", row["response"]["output"]
+
+
+async def test_background_creates_past_the_limit_are_429(gateway_factory):
+    from tests.e2e.ollama_server import OllamaTestServer
+    with OllamaTestServer(models=["tiny:latest"], loaded=["tiny:latest"], first_byte_delay=2.0) as ollama:
+        async with gateway_factory(endpoints=[ollama.url], max_background_jobs=2,
+                                   max_concurrent_connections=4) as http:
+            body = {"model": "tiny", "input": "hi", "background": True}
+            accepted = [await http.post("/v1/responses", json=body) for _ in range(2)]
+            refused = await http.post("/v1/responses", json=body)
+            assert [r.status_code for r in accepted] == [200, 200]
+            assert assert_openai_error(refused, 429)["code"] == "too_many_background_jobs"
+            for reply in accepted:
+                await router.app.state.gateway.jobs.wait(reply.json()["id"])
+            assert (await http.post("/v1/responses", json=body)).status_code == 200

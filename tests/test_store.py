@@ -109,3 +109,24 @@ async def test_events_round_trip(store):
     assert await store.get_events("r1", 2) == events[3:]
     await store.delete_response("r1")
     assert await store.get_events("r1") == []
+
+
+async def test_one_process_per_sqlite_store(tmp_path):
+    """A second gateway process on the same store is refused with a clear sentence (background
+    jobs and cancels are process-local); the store is free again once the first one closes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    path = str(tmp_path / "store.db")
+    first = await ResponseStore(path).open()
+    code = ("import asyncio, sys; from db import ResponseStore, StoreInUse\n"
+            "async def main():\n"
+            "    try:\n        await ResponseStore(sys.argv[1]).open()\n"
+            "    except StoreInUse as exc:\n        print(exc); sys.exit(3)\n"
+            "asyncio.run(main())")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", code, path], cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and "another gateway process already uses the store" in done.stdout
+    await first.close()
+    again = subprocess.run([sys.executable, "-c", code, path], cwd=root, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr

@@ -236,3 +236,13 @@ async def test_cached_answers_are_not_shared_between_tenants(app_factory, ollama
         reply_b = await http.post("/v1/responses", headers=B, json=body)
         assert reply_b.status_code == 200
         assert ollama.requests_total == 2            # B's request is answered by the backend, not A's cache
+
+
+def test_a_key_in_the_query_is_masked_in_the_access_log():
+    import logging
+    from router import RedactKeys
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5000", "GET", "/v1/models?x=1&api_key=sk-secret-123&y=2", "1.1", 200),
+                               None)
+    RedactKeys().filter(record)
+    assert record.getMessage() == '127.0.0.1:5000 - "GET /v1/models?x=1&api_key=***&y=2 HTTP/1.1" 200'
