@@ -55,6 +55,10 @@ MIGRATIONS: list[str] = [
         DELETE FROM response_events WHERE response_id = OLD.id;
     END;
     """,
+    # The output items apart, so a chain is read without parsing every Response object.
+    """
+    ALTER TABLE responses ADD COLUMN output_items TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -66,7 +70,7 @@ WITH RECURSIVE chain(id, prev, depth) AS (
     FROM responses r JOIN chain ON r.id = chain.prev
     WHERE chain.depth < ?
 )
-SELECT r.input_items, json_extract(r.response, '$.output'), r.status
+SELECT r.input_items, coalesce(r.output_items, json_extract(r.response, '$.output')), r.status
 FROM chain JOIN responses r ON r.id = chain.id
 ORDER BY chain.depth DESC
 """
@@ -160,18 +164,21 @@ class ResponseStore:
         """
         await self.conn.execute(
             "INSERT OR REPLACE INTO responses (id, owner, previous_response_id, model, status, background,"
-            " created_at, updated_at, input_items, response, request) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            " created_at, updated_at, input_items, response, request, output_items)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (id, owner, previous_response_id, model, status, int(background), int(created_at), time.time(),
              _dumps(input_messages), None if response is None else _dumps(response),
-             None if request is None else _dumps(request)))
+             None if request is None else _dumps(request),
+             None if response is None else _dumps(response.get("output") or [])))
 
     async def update_response(self, id: str, response: dict, *, only_if_active: bool = False) -> bool:
         """Replace the Response object and its status. With ``only_if_active`` the
         row changes only while queued or in progress. Returns whether it changed."""
-        sql = "UPDATE responses SET status=?, response=?, updated_at=? WHERE id=?"
+        sql = "UPDATE responses SET status=?, response=?, output_items=?, updated_at=? WHERE id=?"
         if only_if_active:
             sql += " AND status IN ('queued', 'in_progress')"
-        cursor = await self.conn.execute(sql, (response["status"], _dumps(response), time.time(), id))
+        cursor = await self.conn.execute(sql, (response["status"], _dumps(response),
+                                               _dumps(response.get("output") or []), time.time(), id))
         return cursor.rowcount > 0
 
     async def append_events(self, id: str, events: list[dict]) -> None:
@@ -232,12 +239,10 @@ class ResponseStore:
         rows = await (await self.conn.execute(_CHAIN_SQL, (id, owner, max_depth))).fetchall()
         if not rows:
             return None
-        items: list[dict] = []
-        for input_items, output, _status in rows:
-            items.extend(orjson.loads(input_items))
-            if output:
-                items.extend(orjson.loads(output))
-        return items
+        # Every column is a JSON array: their insides joined make the chain's one array, parsed once.
+        parts = [array[1:-1] for input_items, output, _status in rows for array in (input_items, output)
+                 if array and len(array) > 2]
+        return orjson.loads("[" + ",".join(parts) + "]")
 
     async def find_items(self, ids: list[str], owner: str | None = None) -> dict[str, dict]:
         """Look up stored input or output items by item id (for ``item_reference``)."""
