@@ -48,7 +48,10 @@ class Settings(BaseSettings):
     cache_max_entries: int = Field(10_000, ge=1)
     cache_db_path: str = "./cache.db"
     db_path: str = "./nomyo-router.db"
+    #: Seconds the backend may stay silent: before its answer starts, and between stream chunks.
     request_timeout: float = Field(600, gt=0)
+    #: Seconds one whole upstream call may take, its stream included, however steadily it trickles.
+    upstream_deadline: float = Field(1800, gt=0)
     connect_timeout: float = Field(10, gt=0)
     queue_timeout: float = Field(300, ge=0)
     discovery_ttl: float = Field(30, ge=1)

@@ -14,11 +14,12 @@ back exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
-from backends import BackendUnavailable, Registry, create_native_response
+from backends import BackendStreamError, BackendTimeout, BackendUnavailable, Registry, create_native_response
 from chat_client import ChatStream
 from engine.turn import Turn, bad_input
 from errors import APIError
@@ -78,14 +79,36 @@ class NativeEvents:
     source: Any
 
 
+def _past_deadline(seconds: float) -> BackendStreamError:
+    return BackendStreamError(f"the stream did not end within upstream_deadline ({seconds:g} s)")
+
+
+async def _within(batches: AsyncIterator[list[Any]], deadline: float, seconds: float) -> AsyncIterator[list[Any]]:
+    """``batches`` read each under the call's total ``deadline`` (loop time)."""
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    batch = await anext(batches)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise _past_deadline(seconds) from None
+            yield batch
+    finally:
+        await batches.aclose()
+
+
 async def _one_by_one(stream: AsyncIterator[Any]) -> AsyncIterator[list[Any]]:
     async for item in stream:
         yield [item]
 
 
-def _batches(stream: Any) -> AsyncIterator[list[Any]]:
-    """The gateway's own Chat stream batches per network read; any other stream goes one by one."""
-    return stream.batches() if isinstance(stream, ChatStream) else _one_by_one(stream)
+def _batches(stream: Any, deadline: float, seconds: float) -> AsyncIterator[list[Any]]:
+    """The gateway's own Chat stream batches per network read; any other stream goes one by one;
+    either within the call's deadline."""
+    batches = stream.batches() if isinstance(stream, ChatStream) else _one_by_one(stream)
+    return _within(batches, deadline, seconds)
 
 
 UpstreamResult = Completion | ChatChunks | NativeResponse | NativeEvents
@@ -137,17 +160,28 @@ def _warn_dropped(turn: Turn, registry: Registry) -> None:
 
 
 async def _send(turn: Turn, calls: BackendCalls, registry: Registry, endpoint: str, model: str) -> UpstreamResult:
+    """One call, its answer (a whole one, or a stream's every read) within ``upstream_deadline``."""
+    seconds = registry.settings.upstream_deadline
+    deadline = asyncio.get_running_loop().time() + seconds
     client = calls._make_openai_client(registry, endpoint)
-    if calls.is_ext_openai_endpoint(registry, endpoint):
-        result = await create_native_response(
-            client, native_request(turn.body, turn.items, model, stream=turn.stream))
-        return NativeEvents(_batches(result), result) if turn.stream else NativeResponse(plain(result))
-    params = chat_request_params(turn.body, turn.messages, model, stream=turn.stream,
-                                 hosted_policy=registry.settings.hosted_tool_policy)
-    if turn.body.get("tools"):
-        _warn_dropped(turn, registry)
-    result = await calls.create_chat_with_retries(client, params)
-    return ChatChunks(_batches(result), result) if turn.stream else Completion(plain(result))
+    try:
+        async with asyncio.timeout_at(deadline):
+            if calls.is_ext_openai_endpoint(registry, endpoint):
+                result = await create_native_response(
+                    client, native_request(turn.body, turn.items, model, stream=turn.stream))
+                if not turn.stream:
+                    return NativeResponse(plain(result))
+                return NativeEvents(_batches(result, deadline, seconds), result)
+            params = chat_request_params(turn.body, turn.messages, model, stream=turn.stream,
+                                         hosted_policy=registry.settings.hosted_tool_policy)
+            if turn.body.get("tools"):
+                _warn_dropped(turn, registry)
+            result = await calls.create_chat_with_retries(client, params)
+    except TimeoutError:
+        raise BackendTimeout(f"no answer within upstream_deadline ({seconds:g} s)") from None
+    if not turn.stream:
+        return Completion(plain(result))
+    return ChatChunks(_batches(result, deadline, seconds), result)
 
 
 async def _choose(calls: BackendCalls, registry: Registry, model: str, excluded: set[str],

@@ -359,3 +359,32 @@ async def test_odd_model_entries_from_discovery_are_skipped():
 def test_discovery_ttl_has_a_floor():
     with pytest.raises(ValueError):
         Settings(discovery_ttl=0.000001)
+
+
+async def test_an_answer_cut_mid_body_is_not_generated_again():
+    """Only a call that got no answer at all is retried: one whose body broke off is a 502, asked once."""
+    calls = []
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        calls.append(1)
+        reply = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": "500"})
+        await reply.prepare(request)
+        await reply.write(b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hal')
+        request.transport.close()
+        return reply
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    client = ChatClient(f"http://127.0.0.1:{port}/v1", None, connect_timeout=2, read_timeout=5, max_connections=4)
+    try:
+        with pytest.raises(APIError) as info:
+            await create_chat_with_retries(client, {"model": "x", "messages": []})
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert (info.value.status, info.value.code, len(calls)) == (502, "bad_upstream_response", 1)

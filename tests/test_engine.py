@@ -260,3 +260,18 @@ async def test_background_creates_past_the_limit_are_429(gateway_factory):
             for reply in accepted:
                 await router.app.state.gateway.jobs.wait(reply.json()["id"])
             assert (await http.post("/v1/responses", json=body)).status_code == 200
+
+
+async def test_a_trickling_backend_cannot_hold_a_slot_past_the_deadline(gateway_factory):
+    from tests.e2e.ollama_server import OllamaTestServer
+    with OllamaTestServer(models=["tiny:latest"], loaded=["tiny:latest"], chunk_delay=0.2) as ollama:
+        async with gateway_factory(endpoints=[ollama.url], upstream_deadline=1, request_timeout=30) as http:
+            started = asyncio.get_running_loop().time()
+            events = await create_stream(http, {"model": "tiny", "input": "[long]"})
+            assert asyncio.get_running_loop().time() - started < 5
+            assert [e["type"] for e in events][-2:] == ["error", "response.failed"]
+            assert "upstream_deadline" in events[-2]["message"]
+            ollama.chunk_delay, ollama.first_byte_delay = 0.0, 3.0
+            whole = await http.post("/v1/responses", json={"model": "tiny", "input": "hi"})
+            assert assert_openai_error(whole, 504)["code"] == "upstream_timeout"
+            assert (await http.get("/api/usage")).json()["in_flight"] == 0
