@@ -132,9 +132,9 @@ async def create_response(request: Request) -> Response:
             return EventStreamResponse(sse_of_batches(job.follow()))
         return _json(job.queued)
 
-    await _unless_client_leaves(request, run.open())
-    if not turn.stream:
+    if not turn.stream:  # the run opens its upstream itself: one watch covers both waits
         return _json(await _unless_client_leaves(request, run.answer()))
+    await _unless_client_leaves(request, run.open())
     try:
         await run.begin_stream()
     except BaseException:

@@ -5,7 +5,7 @@ Two authorities are checked, in this order:
 1. the ``openai`` SDK's pydantic types (``openai.types.responses.Response``, the
    ``ResponseStreamEvent`` union, ``ResponseItem``), validated strictly with
    ``model_validate(..., strict=True)`` / ``TypeAdapter(...).validate_python``;
-2. the Open Responses OpenAPI document (``/work/shared/spec/openresponses-openapi.json``),
+2. the Open Responses OpenAPI document (``shared/spec/openresponses-openapi.json`` beside the repository),
    with ``jsonschema`` (Draft 2020-12, which OpenAPI 3.1 schemas are) resolving
    ``#/components/schemas/...`` references inside that document: a Response
    object against ``ResponseResource``, an event against the ``*StreamingEvent``
@@ -41,7 +41,10 @@ from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-SPEC_PATH = Path("/work/shared/spec/openresponses-openapi.json")
+#: The Open Responses schema: in the ``shared/`` folder beside the repository (as CI lays it out).
+SPEC_PATH = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "spec" / "openresponses-openapi.json",
+                              Path("/work/shared/spec/openresponses-openapi.json")) if p.exists()),
+                 Path("/work/shared/spec/openresponses-openapi.json"))
 SPEC_URI = "urn:openresponses:spec"
 
 TERMINAL_TYPES = ("response.completed", "response.incomplete", "response.failed")
