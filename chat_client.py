@@ -69,13 +69,14 @@ class ChatStream:
     :meth:`batches` yields the chunks each network read brought, as one list (so a
     follower can write them at once); iterating the stream itself yields them one
     by one. Either raises :class:`errors.BackendStreamError` when the stream
-    breaks, carries an error, or ends without ``[DONE]``. :meth:`aclose` releases
+    breaks, carries an error, has a line past ``max_line_bytes``, or ends without ``[DONE]``. :meth:`aclose` releases
     the connection (back to the pool once the stream was read to its end); call
     it whatever happens.
     """
 
-    def __init__(self, response: aiohttp.ClientResponse):
+    def __init__(self, response: aiohttp.ClientResponse, max_line_bytes: int = 64 * 1024 * 1024):
         self._response = response
+        self._max_line = max_line_bytes
         self._closed = False
 
     def __aiter__(self) -> AsyncIterator[dict]:
@@ -96,6 +97,8 @@ class ChatStream:
                 if not data:
                     raise BackendStreamError("the stream ended before it was complete")
                 *lines, pending = (pending + data).split(b"\n")
+                if len(pending) > self._max_line:
+                    raise BackendStreamError(f"a stream line is longer than {self._max_line} bytes")
                 batch: list[dict] = []
                 for line in lines:
                     chunk = _parse_line(line)
@@ -127,17 +130,11 @@ class ChatStream:
         _DRAINS.add(task)
         task.add_done_callback(_DRAINS.discard)
 
-    async def _finish(self, *, reuse: bool) -> None:
-        if not self._closed:
-            self._closed = True
-            if reuse:
-                self._response.release()
-            else:
-                self._response.close()
-
     async def aclose(self) -> None:
         """Close the upstream response (idempotent); a stream not read to its end closes its connection."""
-        await self._finish(reuse=False)
+        if not self._closed:
+            self._closed = True
+            self._response.close()
 
 
 _DONE: Any = object()
@@ -223,7 +220,7 @@ class ChatClient:
         if response.status >= 400:
             await self._raise_for_status(response)
         if stream:
-            return ChatStream(response)
+            return ChatStream(response, self._max_answer_bytes)
         try:
             raw = await self._read_bounded(response)
         except TimeoutError as exc:
