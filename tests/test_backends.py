@@ -207,26 +207,40 @@ async def test_connection_refused_is_backend_unavailable():
 
 
 @asynccontextmanager
-async def scripted_server(handler):
+async def serving(routes: dict):
+    """An aiohttp server on 127.0.0.1 with ``routes`` (``{("POST", path): handler}``); yields its base URL."""
+    app = web.Application()
+    for (method, path), handler in routes.items():
+        app.router.add_route(method, path, handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def chat_server(handler, read_timeout: float = 10):
+    """A Chat Completions server whose ``handler(request)`` answers ``POST /v1/chat/completions``;
+    yields a :class:`ChatClient` of it."""
+    async with serving({("POST", "/v1/chat/completions"): handler}) as url:
+        client = ChatClient(f"{url}/v1", "k", connect_timeout=2, read_timeout=read_timeout, max_connections=4)
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
+def scripted_server(handler):
     """A Chat Completions server on 127.0.0.1: ``handler(body) -> (status, json)`` answers each request;
     yields a :class:`ChatClient` of it."""
     async def chat(request: web.Request) -> web.Response:
         status, payload = handler(json.loads(await request.read()))
         return web.json_response(payload, status=status)
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    client = ChatClient(f"http://127.0.0.1:{port}/v1", "k", connect_timeout=2, read_timeout=10, max_connections=4)
-    try:
-        yield client
-    finally:
-        await client.close()
-        await runner.cleanup()
+    return chat_server(chat)
 
 
 async def test_retry_without_tools_when_model_rejects_them():
@@ -292,22 +306,11 @@ async def test_a_stream_is_complete_at_done_even_when_its_body_stays_open():
         await asyncio.sleep(30)          # the body never ends
         return reply
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    client = ChatClient(f"http://127.0.0.1:{port}/v1", None, connect_timeout=2, read_timeout=30, max_connections=4)
-    try:
+    async with chat_server(chat, read_timeout=30) as client:
         stream = await create_chat_with_retries(client, {"model": "x", "messages": [], "stream": True})
         async with asyncio.timeout(5):
             chunks = [chunk async for chunk in stream]
-        assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["Hi"] and held.is_set()
-    finally:
-        await client.close()
-        await runner.cleanup()
+    assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["Hi"] and held.is_set()
 
 
 @pytest.mark.parametrize("status,payload,detail", [
@@ -339,21 +342,13 @@ async def test_odd_model_entries_from_discovery_are_skipped():
     async def ps(request: web.Request) -> web.Response:
         return web.json_response({"models": [None]})
 
-    app = web.Application()
-    app.router.add_get("/api/tags", tags)
-    app.router.add_get("/api/ps", ps)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-    registry = Registry(Settings(endpoints=[url]))
-    try:
-        await registry.refresh_all()
-        assert registry.endpoints[url].reachable and registry.models() == ["good:latest"]
-    finally:
-        await registry.close()
-        await runner.cleanup()
+    async with serving({("GET", "/api/tags"): tags, ("GET", "/api/ps"): ps}) as url:
+        registry = Registry(Settings(endpoints=[url]))
+        try:
+            await registry.refresh_all()
+            assert registry.endpoints[url].reachable and registry.models() == ["good:latest"]
+        finally:
+            await registry.close()
 
 
 def test_discovery_ttl_has_a_floor():
@@ -373,18 +368,7 @@ async def test_an_answer_cut_mid_body_is_not_generated_again():
         request.transport.close()
         return reply
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    client = ChatClient(f"http://127.0.0.1:{port}/v1", None, connect_timeout=2, read_timeout=5, max_connections=4)
-    try:
+    async with chat_server(chat, read_timeout=5) as client:
         with pytest.raises(APIError) as info:
             await create_chat_with_retries(client, {"model": "x", "messages": []})
-    finally:
-        await client.close()
-        await runner.cleanup()
     assert (info.value.status, info.value.code, len(calls)) == (502, "bad_upstream_response", 1)
