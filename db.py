@@ -148,8 +148,10 @@ class ResponseStore:
                 self._lock = None
 
     async def check(self) -> None:
-        """Run a trivial query; raises if the store cannot answer."""
-        await (await self.conn.execute("SELECT 1")).fetchone()
+        """Prove the store can be written now (take the write lock, give it back at once);
+        raises ``sqlite3.Error`` when it cannot (locked by another writer, read-only, full)."""
+        # One call, so no other statement on this connection can fall inside the probe.
+        await self.conn.executescript("BEGIN IMMEDIATE; ROLLBACK;")
 
     # writes ------------------------------------------------------------------
     async def store_response(self, id: str, *, previous_response_id: str | None, model: str, status: str,

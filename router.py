@@ -12,6 +12,7 @@ import hmac
 import logging
 import os
 import re
+import sqlite3
 import time
 from contextlib import asynccontextmanager
 from typing import Any
@@ -194,6 +195,13 @@ async def _api_error(request: Request, exc: APIError) -> Response:
 @app.exception_handler(responses.ClientGone)
 async def _client_gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=499)  # nobody reads it: the status is for the access log
+
+
+@app.exception_handler(sqlite3.Error)
+async def _store_error(request: Request, exc: sqlite3.Error) -> Response:
+    log.error("the store failed on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    return error_response(APIError(503, f"The response store is unavailable: {exc}.", code="store_unavailable",
+                                   type="server_error"))
 
 
 @app.exception_handler(RequestValidationError)

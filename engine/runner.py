@@ -95,6 +95,8 @@ class TurnRun:
         self.stopping: str | None = None
         self._cache_write: Callable[[dict], Awaitable[None]] | None = None
         self._settling: asyncio.Future | None = None
+        #: Why the final state could not be recorded (None: it was, or nothing was to be).
+        self.record_error: Exception | None = None
 
     # ── the cache ─────────────────────────────────────────────────────────────
     def _cache_options(self) -> dict:
@@ -171,6 +173,8 @@ class TurnRun:
             raise
         finally:
             await self.settle(error)
+        if self.record_error is not None:  # never told finished before it is stored
+            raise self.record_error
         return self.final
 
     def _seal(self) -> Callable[[dict], str] | None:
@@ -204,15 +208,26 @@ class TurnRun:
                     events += feed(plain(chunk))
                 if events:
                     yield events
-            yield translator.finish()
+            finished = translator.finish()
         except Exception as exc:
             error = exc
         except BaseException as exc:
             await self.settle(exc)
             raise
-        closing = await self.settle(error)
-        if closing:
+        closing = await self.settle(error)  # recorded before the terminal event goes out
+        if error is None:
+            yield finished if self.record_error is None else self._unrecorded(finished)
+        elif closing:
             yield closing
+
+    def _unrecorded(self, finished: list[Event]) -> list[Event]:
+        """``finished`` with its terminal event replaced by ``error`` + ``response.failed``:
+        an answer whose final state the store did not take is not reported finished."""
+        self.seq.next = finished[-1]["sequence_number"]
+        message = f"The response could not be stored: {self.record_error}."
+        failed = {**self.final, "status": "failed", "completed_at": None,
+                  "error": {"code": "server_error", "message": message}}
+        return finished[:-1] + self.seq.all([error_event(message), response_event("response.failed", failed)])
 
     # ── the end ───────────────────────────────────────────────────────────────
     def _decide(self, error: BaseException | None) -> tuple[dict, list[Event]]:
@@ -269,8 +284,10 @@ class TurnRun:
         finally:
             try:
                 await self._record(self.final, answered=answered)
-            except Exception:
-                log.exception("the final state of response %s could not be recorded", self.turn.id)
+            except Exception as exc:
+                self.record_error = exc
+                log.error("the final state of response %s could not be recorded: %s: %s", self.turn.id,
+                          type(exc).__name__, exc)
 
     async def _record(self, final: dict, *, answered: bool) -> None:
         turn = self.turn

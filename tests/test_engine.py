@@ -275,3 +275,16 @@ async def test_a_trickling_backend_cannot_hold_a_slot_past_the_deadline(gateway_
             whole = await http.post("/v1/responses", json={"model": "tiny", "input": "hi"})
             assert assert_openai_error(whole, 504)["code"] == "upstream_timeout"
             assert (await http.get("/api/usage")).json()["in_flight"] == 0
+
+
+async def test_a_stream_is_not_reported_completed_before_its_final_state_is_stored(client, monkeypatch):
+    gateway = router.app.state.gateway
+
+    async def locked(*args, **kwargs):
+        raise RuntimeError("database is locked")
+    with Backend(text_chunks("Hi", " there")):
+        monkeypatch.setattr(gateway.store, "update_response", locked)
+        events = await create_stream(client, {"model": "m", "input": "hi"})
+    summary = check_stream(events)
+    assert [e["type"] for e in events][-2:] == ["error", "response.failed"]
+    assert "could not be stored" in events[-2]["message"] and summary.items[0]["content"][0]["text"] == "Hi there"

@@ -137,3 +137,27 @@ async def test_metrics_count_cache_hits_and_misses(app_factory, ollama):
         misses = metric(after, name, result="miss") - metric(before, name, result="miss")
         assert (hits, misses) == (3, 2)
         assert ollama.requests_total == 3
+
+
+async def test_a_store_that_cannot_be_written_is_503_and_not_ready(app_factory, ollama):
+    """Another writer holds the store's write lock: creates answer 503 store_unavailable (nothing
+    is told finished), and /health says the store is not ready, while reads still work."""
+    import sqlite3
+    async with app_factory(endpoints=[ollama.url]) as http:
+        ok = await http.post("/v1/responses", json={"model": "tiny", "input": "hi"})
+        assert ok.status_code == 200
+        store = router.app.state.gateway.store
+        await store.conn.execute("PRAGMA busy_timeout=200")
+        blocker = sqlite3.connect(store.path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            refused = await http.post("/v1/responses", json={"model": "tiny", "input": "hi"})
+            health = await http.get("/health")
+            read = await http.get(f"/v1/responses/{ok.json()['id']}")
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "store_unavailable", refused.text[:300]
+        assert health.status_code == 503 and health.json()["store"]["ok"] is False
+        assert read.status_code == 200
+        assert (await http.get("/health")).status_code == 200
