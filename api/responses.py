@@ -88,21 +88,27 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 async def _unless_client_leaves(request: Request, work: Awaitable[Any]) -> Any:
     """Await ``work`` while watching the connection: a client that leaves cancels it at once
-    (the upstream call, its usage slot, the backend's generation) and raises :class:`ClientGone`."""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_wait_for_disconnect(request))
+    (the upstream call, its usage slot, the backend's generation) and raises :class:`ClientGone`.
+    ``work`` runs in this task; only the watch has a task of its own."""
+    task = asyncio.current_task()
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _wait_for_disconnect(request)
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        watch.cancel()
-        task.cancel()
+        return await work
+    except asyncio.CancelledError:
+        if gone:
+            task.uncancel()
+            raise ClientGone() from None
         raise
-    watch.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.wait((task,))
-        raise ClientGone()
-    return task.result()
+    finally:
+        watcher.cancel()
 
 
 _CREATE_BODY = {"requestBody": {"required": True, "content": {
