@@ -3,11 +3,12 @@
 :func:`open_upstream` picks an endpoint through the backend functions it is
 given (:class:`BackendCalls`), takes one usage slot there and sends the turn on
 the path that endpoint speaks: natively to an upstream Responses API (the
-request as the client sent it, with the chain as ``input``), or translated to
-Chat Completions. Only the Chat path translates, so what Chat cannot express
+Responses fields of the request as the client sent them, the chain as
+``input``), or translated to Chat Completions. Only the Chat path translates, so what Chat cannot express
 (an ``input_file`` by ``file_id``) still reaches a native endpoint. Endpoints
 that cannot be reached are skipped for the next one; every other error is the
-upstream's own, as :class:`errors.APIError`. The answer is an :class:`Upstream`
+upstream's own, as :class:`errors.APIError`; a whole call, its stream included,
+has ``upstream_deadline`` seconds. The answer is an :class:`Upstream`
 whose ``result`` is one of four shapes; :meth:`Upstream.close` gives the slot
 back exactly once.
 """
