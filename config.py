@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     discovery_ttl: float = Field(30, ge=1)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_input_items: int = Field(4096, ge=1)
+    #: What one request may load of its previous_response_id chain: bytes of item JSON, and items.
+    #: Past either, the request is a 400 (or, with ``truncation: "auto"``, the oldest turns are left out).
+    max_chain_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_chain_items: int = Field(10_000, ge=1)
     #: Background responses queued or running at once; past it a background create is a 429.
     max_background_jobs: int = Field(256, ge=1)
     #: The largest whole (non-streamed) answer taken from a backend; past it the answer is a 502.

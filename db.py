@@ -9,6 +9,7 @@ schema version; :data:`MIGRATIONS` upgrades older stores in order.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 try:
@@ -19,7 +20,7 @@ except ImportError:  # not on this platform: no lock
 import aiosqlite
 import orjson
 
-__all__ = ["ResponseStore", "StoreInUse", "SCHEMA_VERSION"]
+__all__ = ["ResponseStore", "StoreInUse", "Chain", "SCHEMA_VERSION"]
 
 
 class StoreInUse(RuntimeError):
@@ -59,25 +60,94 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE responses ADD COLUMN output_items TEXT;
     """,
+    # Each row's size (bytes and items, so a chain is bounded before its text is read) and
+    # the ids of its items, indexed (so an item_reference is found without a scan).
+    """
+    ALTER TABLE responses ADD COLUMN input_item_ids TEXT;
+    ALTER TABLE responses ADD COLUMN output_item_ids TEXT;
+    ALTER TABLE responses ADD COLUMN item_bytes INTEGER;
+    ALTER TABLE responses ADD COLUMN item_count INTEGER;
+    UPDATE responses SET output_items = coalesce(output_items, json_extract(response, '$.output'), '[]');
+    UPDATE responses SET
+        item_bytes = length(CAST(input_items AS BLOB)) + length(CAST(output_items AS BLOB)),
+        item_count = json_array_length(input_items) + json_array_length(output_items),
+        input_item_ids = (SELECT json_group_array(json_extract(value, '$.id')) FROM json_each(input_items)
+                          WHERE json_extract(value, '$.id') IS NOT NULL),
+        output_item_ids = (SELECT json_group_array(json_extract(value, '$.id')) FROM json_each(output_items)
+                           WHERE json_extract(value, '$.id') IS NOT NULL);
+    CREATE TABLE item_index (
+        item_id     TEXT NOT NULL,
+        response_id TEXT NOT NULL,
+        PRIMARY KEY (item_id, response_id)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO item_index
+        SELECT value, responses.id FROM responses, json_each(responses.input_item_ids) UNION ALL
+        SELECT value, responses.id FROM responses, json_each(responses.output_item_ids);
+    CREATE TRIGGER responses_index_items AFTER INSERT ON responses
+    BEGIN
+        INSERT OR IGNORE INTO item_index
+            SELECT value, NEW.id FROM json_each(NEW.input_item_ids) UNION ALL
+            SELECT value, NEW.id FROM json_each(NEW.output_item_ids);
+    END;
+    CREATE TRIGGER responses_index_outputs AFTER UPDATE OF output_item_ids ON responses
+    BEGIN
+        INSERT OR IGNORE INTO item_index SELECT value, NEW.id FROM json_each(NEW.output_item_ids);
+    END;
+    CREATE TRIGGER responses_unindex_items AFTER DELETE ON responses
+    BEGIN
+        DELETE FROM item_index WHERE response_id = OLD.id AND item_id IN (
+            SELECT value FROM json_each(OLD.input_item_ids) UNION ALL
+            SELECT value FROM json_each(OLD.output_item_ids));
+    END;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
+#: The chain ending at a response, newest first, its sizes summed on the way, the walk
+#: stopped at the first turn past a bound; that turn's text is not read.
 _CHAIN_SQL = """
-WITH RECURSIVE chain(id, prev, depth) AS (
-    SELECT id, previous_response_id, 0 FROM responses WHERE id = ? AND owner IS ?
+WITH RECURSIVE chain(id, prev, depth, bytes, items) AS (
+    SELECT id, previous_response_id, 1, item_bytes, item_count FROM responses WHERE id = :id AND owner IS :owner
     UNION ALL
-    SELECT r.id, r.previous_response_id, chain.depth + 1
+    SELECT r.id, r.previous_response_id, chain.depth + 1, chain.bytes + r.item_bytes, chain.items + r.item_count
     FROM responses r JOIN chain ON r.id = chain.prev
-    WHERE chain.depth < ?
+    WHERE chain.bytes <= :max_bytes AND chain.items <= :max_items AND chain.depth <= :max_items
 )
-SELECT r.input_items, coalesce(r.output_items, json_extract(r.response, '$.output')), r.status
+SELECT chain.bytes <= :max_bytes AND chain.items <= :max_items AND chain.depth <= :max_items AS fits,
+       CASE WHEN chain.bytes <= :max_bytes AND chain.items <= :max_items THEN r.input_items END,
+       CASE WHEN chain.bytes <= :max_bytes AND chain.items <= :max_items THEN r.output_items END
 FROM chain JOIN responses r ON r.id = chain.id
 ORDER BY chain.depth DESC
 """
 
+#: Items by id, through the index: only the rows that hold them are opened.
+_FIND_ITEMS_SQL = """
+SELECT j.value FROM item_index ix JOIN responses r ON r.id = ix.response_id, json_each(r.input_items) j
+WHERE ix.item_id IN (SELECT value FROM json_each(:ids)) AND r.owner IS :owner
+  AND json_extract(j.value, '$.id') = ix.item_id
+UNION ALL
+SELECT j.value FROM item_index ix JOIN responses r ON r.id = ix.response_id, json_each(r.output_items) j
+WHERE ix.item_id IN (SELECT value FROM json_each(:ids)) AND r.owner IS :owner
+  AND json_extract(j.value, '$.id') = ix.item_id
+"""
+
+
+@dataclass
+class Chain:
+    """The items of a stored chain, oldest turn first: each turn's input items, then its output items."""
+
+    items: list[dict]
+    #: False when older turns were left out: the whole chain is past ``max_bytes`` or ``max_items``.
+    complete: bool
+
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def _item_ids(items: list) -> str:
+    """The ids of ``items`` as a JSON array (what the item index is kept from)."""
+    return _dumps([item["id"] for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)])
 
 
 class ResponseStore:
@@ -164,23 +234,30 @@ class ResponseStore:
         ``response`` the Response object, ``request`` the create body (kept for
         background jobs). ``created_at`` is Unix seconds.
         """
+        outputs = [] if response is None else (response.get("output") or [])
+        inputs_json, outputs_json = orjson.dumps(input_messages), orjson.dumps(outputs)
         await self.conn.execute(
             "INSERT OR REPLACE INTO responses (id, owner, previous_response_id, model, status, background,"
-            " created_at, updated_at, input_items, response, request, output_items)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " created_at, updated_at, input_items, response, request, output_items, input_item_ids,"
+            " output_item_ids, item_bytes, item_count) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (id, owner, previous_response_id, model, status, int(background), int(created_at), time.time(),
-             _dumps(input_messages), None if response is None else _dumps(response),
-             None if request is None else _dumps(request),
-             None if response is None else _dumps(response.get("output") or [])))
+             inputs_json.decode(), None if response is None else _dumps(response),
+             None if request is None else _dumps(request), outputs_json.decode(), _item_ids(input_messages),
+             _item_ids(outputs), len(inputs_json) + len(outputs_json), len(input_messages) + len(outputs)))
 
     async def update_response(self, id: str, response: dict, *, only_if_active: bool = False) -> bool:
-        """Replace the Response object and its status. With ``only_if_active`` the
-        row changes only while queued or in progress. Returns whether it changed."""
-        sql = "UPDATE responses SET status=?, response=?, output_items=?, updated_at=? WHERE id=?"
+        """Replace the Response object and its status (the row's input items stay). With
+        ``only_if_active`` the row changes only while queued or in progress. Returns whether it changed."""
+        outputs = response.get("output") or []
+        outputs_json = orjson.dumps(outputs)
+        # In SET, output_items is still the old value: the sizes swap the old output for the new.
+        sql = ("UPDATE responses SET status=?, response=?, output_items=?, output_item_ids=?, updated_at=?,"
+               " item_bytes=item_bytes - length(CAST(output_items AS BLOB)) + ?,"
+               " item_count=item_count - json_array_length(output_items) + ? WHERE id=?")
         if only_if_active:
             sql += " AND status IN ('queued', 'in_progress')"
-        cursor = await self.conn.execute(sql, (response["status"], _dumps(response),
-                                               _dumps(response.get("output") or []), time.time(), id))
+        cursor = await self.conn.execute(sql, (response["status"], _dumps(response), outputs_json.decode(),
+                                               _item_ids(outputs), time.time(), len(outputs_json), len(outputs), id))
         return cursor.rowcount > 0
 
     async def append_events(self, id: str, events: list[dict]) -> None:
@@ -234,28 +311,35 @@ class ResponseStore:
                 "response": orjson.loads(row[8]) if row[8] else None,
                 "request": orjson.loads(row[9]) if row[9] else None}
 
-    async def get_chain_items(self, id: str, owner: str | None = None, max_depth: int = 10_000) -> list[dict] | None:
-        """All items of the chain ending at ``id``, oldest turn first: each turn's
-        input items then its output items. One query. None when ``id`` is not
-        stored for ``owner``."""
-        rows = await (await self.conn.execute(_CHAIN_SQL, (id, owner, max_depth))).fetchall()
+    async def get_chain(self, id: str, owner: str | None = None, *, max_bytes: int = 16 * 1024 * 1024,
+                        max_items: int = 10_000) -> Chain | None:
+        """The chain ending at ``id`` (one query), or None when ``id`` is not stored for ``owner``.
+
+        The newest turns are kept while their items (JSON bytes, count) stay within
+        ``max_bytes`` and ``max_items``; the turns before are left out, unread, and the
+        :class:`Chain` says it is not ``complete``.
+        """
+        rows = await (await self.conn.execute(_CHAIN_SQL, {"id": id, "owner": owner, "max_bytes": max_bytes,
+                                                           "max_items": max_items})).fetchall()
         if not rows:
             return None
-        # Every column is a JSON array: their insides joined make the chain's one array, parsed once.
-        parts = [array[1:-1] for input_items, output, _status in rows for array in (input_items, output)
-                 if array and len(array) > 2]
-        return orjson.loads("[" + ",".join(parts) + "]")
+        items: list[dict] = []
+        complete = True
+        for fits, input_items, output_items in rows:
+            if not fits:
+                complete = False
+            if input_items is not None:  # each column parsed in place: the chain's text is never joined
+                items += orjson.loads(input_items)
+                items += orjson.loads(output_items)
+        return Chain(items, complete)
 
     async def find_items(self, ids: list[str], owner: str | None = None) -> dict[str, dict]:
-        """Look up stored input or output items by item id (for ``item_reference``)."""
-        wanted = set(ids)
+        """Stored input or output items of ``owner`` by item id (for ``item_reference``), through
+        the item index. Ids not found are absent from the result."""
         found: dict[str, dict] = {}
-        sql = ("SELECT value FROM responses, json_each(responses.input_items) WHERE owner IS ? "
-               "AND json_extract(value, '$.id') IN (SELECT value FROM json_each(?)) UNION ALL "
-               "SELECT value FROM responses, json_each(responses.response, '$.output') WHERE owner IS ? "
-               "AND json_extract(value, '$.id') IN (SELECT value FROM json_each(?))")
-        ids_json = _dumps(sorted(wanted))
-        for (value,) in await (await self.conn.execute(sql, (owner, ids_json, owner, ids_json))).fetchall():
+        rows = await (await self.conn.execute(_FIND_ITEMS_SQL, {"ids": _dumps(sorted(set(ids))),
+                                                                "owner": owner})).fetchall()
+        for (value,) in rows:
             item = orjson.loads(value)
             found[item["id"]] = item
         return found

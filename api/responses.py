@@ -120,7 +120,7 @@ async def create_response(request: Request) -> Response:
     """Create a model response (OpenAI ``POST /v1/responses``)."""
     gateway = _gateway(request)
     turn = await prepare_turn(gateway.store, await _parse_body(request), _owner(request),
-                              gateway.settings.model_aliases, gateway.seal)
+                              gateway.settings.model_aliases, gateway.seal, gateway.chain_bounds)
     run = TurnRun(gateway, turn)
 
     cached = await run.from_cache()

@@ -17,6 +17,7 @@ from cache import LLMCache, open_llm_cache
 from config import Settings
 from db import ResponseStore
 from engine.jobs import JobManager
+from engine.turn import ChainBounds
 from engine.upstream import BackendCalls
 from metrics import watch_in_flight
 from reasoning_seal import ReasoningSeal, load_or_create_key
@@ -42,6 +43,11 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self.jobs = JobManager(self)
+
+    @property
+    def chain_bounds(self) -> ChainBounds:
+        """What one request may load of its chain (``max_chain_bytes``, ``max_chain_items``)."""
+        return ChainBounds(self.settings.max_chain_bytes, self.settings.max_chain_items)
 
     async def close(self) -> None:
         """Stop the jobs (stored as failed), then close the registry, cache and store."""

@@ -8,6 +8,7 @@ an upstream in the form the chosen endpoint speaks (``engine.upstream``).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -17,12 +18,14 @@ from db import ResponseStore
 from errors import APIError
 from reasoning_seal import ReasoningSeal, SealError
 from requests.common import SEALED_PREFIX
-from requests.tools import ToolMap
+from requests.tools import OUTPUT_ITEM_TYPES, ToolMap
 from requests.params import tool_map
 from requests.responses import (InvalidInput, build_response_object, new_id, normalize_input_items,
                                 responses_input_to_messages)
 
-__all__ = ["Turn", "prepare_turn", "bad_input"]
+__all__ = ["Turn", "ChainBounds", "prepare_turn", "bad_input"]
+
+log = logging.getLogger("nomyo_router.turn")
 
 
 def bad_input(exc: InvalidInput) -> APIError:
@@ -146,16 +149,61 @@ def _unseal(items: list[dict], seal: ReasoningSeal) -> list[dict]:
     return out
 
 
+def _call_id_of_output(item: dict) -> str | None:
+    return item.get("id") if item["type"] == "local_shell_call_output" else item.get("call_id")
+
+
+def _without_orphan_outputs(items: list[dict]) -> list[dict]:
+    """``items`` less the tool outputs whose call is not among them (cut off by truncation)."""
+    calls = {item.get("call_id") for item in items if item.get("type") not in OUTPUT_ITEM_TYPES}
+    return [item for item in items
+            if item.get("type") not in OUTPUT_ITEM_TYPES or _call_id_of_output(item) in calls]
+
+
+@dataclass(frozen=True)
+class ChainBounds:
+    """What one request may load of its ``previous_response_id`` chain (``max_chain_bytes``
+    of item JSON, ``max_chain_items`` items)."""
+
+    max_bytes: int = 16 * 1024 * 1024
+    max_items: int = 10_000
+
+
+async def _load_history(store: ResponseStore, body: dict, owner: str | None, bounds: ChainBounds) -> list[dict]:
+    """The items of the chain before this turn. A chain past the bounds is a 400
+    ``context_length_exceeded`` with ``truncation: "disabled"`` (the default, as at OpenAI), and
+    loses its oldest turns with ``"auto"``."""
+    previous = body.get("previous_response_id")
+    if not previous:
+        return []
+    chain = await store.get_chain(previous, owner, max_bytes=bounds.max_bytes, max_items=bounds.max_items)
+    if chain is None:
+        raise APIError(404, f"Previous response with id '{previous}' not found.",
+                       param="previous_response_id", code="previous_response_not_found")
+    if chain.complete:
+        return chain.items
+    if body.get("truncation") != "auto":
+        raise APIError(400, f"The conversation before this turn (previous_response_id '{previous}') is longer than "
+                            f"this gateway loads ({bounds.max_items} items, {bounds.max_bytes} bytes of items); "
+                            "send 'truncation': 'auto' to leave out its oldest turns.",
+                       param="previous_response_id", code="context_length_exceeded")
+    log.info("truncation auto: the chain before %s kept its newest %d items", previous, len(chain.items))
+    return _without_orphan_outputs(chain.items)
+
+
 async def prepare_turn(store: ResponseStore, body: dict, owner: str | None,
-                       aliases: dict[str, str] | None = None, seal: ReasoningSeal | None = None) -> Turn:
+                       aliases: dict[str, str] | None = None, seal: ReasoningSeal | None = None,
+                       bounds: ChainBounds = ChainBounds()) -> Turn:
     """The :class:`Turn` of a validated create ``body`` for tenant ``owner``; ``aliases``
     (``model_aliases``) name the model the endpoints are asked for instead; ``seal``
-    opens reasoning the gateway sealed for the client (``encrypted_content``).
+    opens reasoning the gateway sealed for the client (``encrypted_content``); ``bounds``
+    limit what the chain may load.
 
     Raises APIError 400 for malformed input items, 404 ``item_not_found`` for an
     ``item_reference`` and 404 ``previous_response_not_found`` for a
     ``previous_response_id`` that this tenant has not stored, 400
-    ``invalid_encrypted_content`` for reasoning sealed by this gateway that does not open.
+    ``invalid_encrypted_content`` for reasoning sealed by this gateway that does not open,
+    400 ``context_length_exceeded`` for a chain past ``bounds`` without ``truncation: "auto"``.
     """
     try:
         input_items = normalize_input_items(body.get("input"))
@@ -164,13 +212,6 @@ async def prepare_turn(store: ResponseStore, body: dict, owner: str | None,
     input_items = await _resolve_references(store, input_items, owner)
     if seal is not None:
         input_items = _unseal(input_items, seal)
-    history: list[dict] = []
-    previous = body.get("previous_response_id")
-    if previous:
-        chain = await store.get_chain_items(previous, owner)
-        if chain is None:
-            raise APIError(404, f"Previous response with id '{previous}' not found.",
-                           param="previous_response_id", code="previous_response_not_found")
-        history = chain
+    history = await _load_history(store, body, owner, bounds)
     return Turn(id=new_id("resp"), body=body, owner=owner, input_items=input_items, history=history,
                 upstream_model=(aliases or {}).get(body["model"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import orjson
 import pytest
 
 from db import SCHEMA_VERSION, ResponseStore
@@ -52,9 +53,10 @@ async def test_chain_is_oldest_first_in_one_query(store):
     await _turn(store, "r1", None, "a")
     await _turn(store, "r2", "r1", "b")
     await _turn(store, "r3", "r2", "c")
-    items = await store.get_chain_items("r3")
-    assert [i["id"] for i in items] == ["msg_a", "msg_a-answer", "msg_b", "msg_b-answer", "msg_c", "msg_c-answer"]
-    assert await store.get_chain_items("nope") is None
+    chain = await store.get_chain("r3")
+    assert chain.complete
+    assert [i["id"] for i in chain.items] == ["msg_a", "msg_a-answer", "msg_b", "msg_b-answer", "msg_c", "msg_c-answer"]
+    assert await store.get_chain("nope") is None
 
 
 async def test_deep_chain(store):
@@ -62,14 +64,84 @@ async def test_deep_chain(store):
     for n in range(300):
         await _turn(store, f"r{n}", prev, str(n))
         prev = f"r{n}"
-    items = await store.get_chain_items("r299")
-    assert len(items) == 600 and items[0]["id"] == "msg_0" and items[-1]["id"] == "msg_299-answer"
+    chain = await store.get_chain("r299")
+    assert chain.complete
+    assert len(chain.items) == 600 and chain.items[0]["id"] == "msg_0" and chain.items[-1]["id"] == "msg_299-answer"
+
+
+async def test_a_chain_past_its_item_bound_keeps_the_newest_turns_and_says_so(store):
+    prev = None
+    for n in range(30):
+        await _turn(store, f"r{n}", prev, str(n))
+        prev = f"r{n}"
+    chain = await store.get_chain("r29", max_items=10)
+    assert not chain.complete
+    assert [i["id"] for i in chain.items] == [f"msg_{n}{s}" for n in range(25, 30) for s in ("", "-answer")]
+    exact = await store.get_chain("r29", max_items=60)               # exactly at the bound: all of it
+    assert exact.complete and len(exact.items) == 60
+    assert not (await store.get_chain("r29", max_items=59)).complete
+
+
+async def test_a_chain_past_its_byte_bound_reads_only_what_fits(store):
+    await _turn(store, "big", None, "x" * 50_000)
+    await _turn(store, "r1", "big", "a")
+    await _turn(store, "r2", "r1", "b")
+    chain = await store.get_chain("r2", max_bytes=2_000)
+    assert not chain.complete and [i["id"] for i in chain.items] == ["msg_a", "msg_a-answer", "msg_b", "msg_b-answer"]
+    assert (await store.get_chain("r2", max_bytes=1_000_000)).complete
+
+
+async def test_item_index_follows_updates_and_deletes(store, tmp_path):
+    await store.store_response("r1", previous_response_id=None, model="m", status="in_progress", created_at=1,
+                               input_messages=[_msg("q")], response={"id": "r1", "status": "in_progress",
+                                                                     "output": []})
+    assert set(await store.find_items(["msg_q", "msg_late"])) == {"msg_q"}
+    await store.update_response("r1", {"id": "r1", "status": "completed", "output": [_msg("late", "assistant")]})
+    assert set(await store.find_items(["msg_q", "msg_late"])) == {"msg_q", "msg_late"}
+    chain = await store.get_chain("r1", max_items=2)              # the sizes followed the update
+    assert chain.complete and len(chain.items) == 2
+    assert not (await store.get_chain("r1", max_items=1)).complete
+    await store.delete_response("r1")
+    assert await store.find_items(["msg_q", "msg_late"]) == {}
+    conn = sqlite3.connect(tmp_path / "s.db")
+    assert conn.execute("SELECT count(*) FROM item_index").fetchone() == (0,)
+    plan = " ".join(str(row) for row in conn.execute(
+        "EXPLAIN QUERY PLAN SELECT response_id FROM item_index WHERE item_id IN ('a', 'b')"))
+    conn.close()
+    assert "USING PRIMARY KEY" in plan or "USING COVERING INDEX" in plan, plan
+
+
+async def test_a_version_3_store_is_migrated_with_sizes_and_index(tmp_path):
+    """Rows written before the item index and the sizes are found and bounded like new ones."""
+    from db import MIGRATIONS
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    for step in MIGRATIONS[:3]:
+        conn.executescript(step)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '3')")
+    for rid, prev, text in (("r1", None, "a"), ("r2", "r1", "b")):
+        output = [_msg(f"{text}-answer", "assistant")]
+        conn.execute("INSERT INTO responses (id, owner, previous_response_id, model, status, created_at, "
+                     "updated_at, input_items, response, output_items) VALUES (?,NULL,?,'m','completed',1,1,?,?,?)",
+                     (rid, prev, orjson.dumps([_msg(text)]).decode(),
+                      orjson.dumps({"id": rid, "output": output}).decode(),
+                      None if rid == "r1" else orjson.dumps(output).decode()))
+    conn.close()
+    store = await ResponseStore(str(path)).open()
+    try:
+        assert set(await store.find_items(["msg_a-answer", "msg_b"])) == {"msg_a-answer", "msg_b"}
+        chain = await store.get_chain("r2")
+        assert chain.complete and [i["id"] for i in chain.items] == ["msg_a", "msg_a-answer", "msg_b", "msg_b-answer"]
+        assert not (await store.get_chain("r2", max_items=3)).complete
+    finally:
+        await store.close()
 
 
 async def test_ownership(store):
     await _turn(store, "r1", None, "a", owner="alice")
     assert await store.get_response("r1", "bob") is None
-    assert await store.get_chain_items("r1", "bob") is None
+    assert await store.get_chain("r1", "bob") is None
     assert (await store.get_response("r1", "alice"))["status"] == "completed"
     assert await store.find_items(["msg_a"], "bob") == {}
     assert not await store.delete_response("r1", "bob")
