@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     router_api_key: str | list[str] | None = Field(
         None, validation_alias=AliasChoices("nomyo-router-api-key", "router_api_key",
                                             "NOMYO_ROUTER_API_KEY"))
+    #: The key for /health, /api/usage and /metrics, which show every endpoint and tenant. With
+    #: router keys set and no admin key, those routes are refused (403) to every key.
+    admin_api_key: str | None = Field(None, min_length=1)
     cache_enabled: bool = False
     cache_backend: Literal["memory", "sqlite"] = "memory"
     cache_ttl: float = Field(3600, gt=0)
@@ -61,6 +64,13 @@ class Settings(BaseSettings):
     #: Past either, the request is a 400 (or, with ``truncation: "auto"``, the oldest turns are left out).
     max_chain_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_chain_items: int = Field(10_000, ge=1)
+    #: ``Host`` names (and addresses) the gateway answers to; ``"*"``: any. Unset: any when a
+    #: router key is set, else only loopback names and the address a client reached (so a web
+    #: page cannot drive an unauthenticated gateway through a name of its own: DNS rebinding).
+    allowed_hosts: list[str] | None = None
+    #: Web origins (``https://app.example``) allowed to call the gateway from a browser (CORS);
+    #: ``"*"``: any. A request carrying another ``Origin`` is a 403.
+    cors_allowed_origins: list[str] = Field(default_factory=list)
     #: Background responses queued or running at once; past it a background create is a 429.
     max_background_jobs: int = Field(256, ge=1)
     #: The largest whole (non-streamed) answer taken from a backend; past it the answer is a 502.

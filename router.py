@@ -1,22 +1,18 @@
 """NOMYO Router: an OpenAI Responses API gateway over Ollama, llama.cpp, vLLM and OpenAI.
 
 The ASGI app (``uvicorn router:app``): start-up and shut-down (configuration,
-response store, endpoint registry, cache, background jobs), authentication and
-request-size limits, OpenAI-shaped error handlers, and the API routers.
+response store, endpoint registry, cache, background jobs), the request guard
+(``api.guard``: hosts, origins, keys, body rules), OpenAI-shaped error handlers,
+and the API routers.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import os
 import re
 import sqlite3
-import time
 from contextlib import asynccontextmanager
-from typing import Any
-from urllib.parse import parse_qs
 
 import preflight
 
@@ -29,11 +25,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa
 from starlette.responses import Response  # noqa: E402
 
 from api import health, responses  # noqa: E402
+from api.guard import PUBLIC_PATHS, GatewayMiddleware  # noqa: E402,F401  (PUBLIC_PATHS: NOMYO Router's name)
 from config import ConfigError, load_settings  # noqa: E402
 from db import ResponseStore, StoreInUse  # noqa: E402
 from engine.gateway import Gateway, open_gateway  # noqa: E402
 from errors import APIError, error_body  # noqa: E402
-from metrics import REQUEST_SECONDS, REQUESTS, route_family  # noqa: E402
 
 log = logging.getLogger("nomyo_router")
 
@@ -55,9 +51,6 @@ logging.getLogger("uvicorn.access").addFilter(RedactKeys())
 
 #: The response store of the running app (set at start-up; NOMYO Router's name for it).
 db: ResponseStore | None = None
-
-#: Paths answered without authentication (the liveness probe).
-PUBLIC_PATHS = frozenset({"/health/live"})
 
 
 @asynccontextmanager
@@ -83,96 +76,6 @@ async def lifespan(app: FastAPI):
     finally:
         db = None
         await gateway.close()
-
-
-def _owner_of(key: str) -> str:
-    """An opaque tenant tag for an API key (never the key itself)."""
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-def _presented_key(scope: dict) -> str | None:
-    for name, value in scope.get("headers") or ():
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else ""
-    query = scope.get("query_string") or b""
-    if b"api_key=" in query:
-        values = parse_qs(query.decode("latin-1")).get("api_key")
-        if values:
-            return values[0]
-    return None
-
-
-class GatewayMiddleware:
-    """Pure ASGI middleware: router-key authentication (owner tag in ``request.state``)
-    and the request body size limit (413)."""
-
-    def __init__(self, app: Any):
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = time.perf_counter()
-        route = route_family(scope["path"])
-        status = 500
-
-        async def measured_send(message: dict) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif not message.get("more_body"):
-                REQUESTS.labels(route, str(status)).inc()
-                REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
-            await send(message)
-
-        await self._guarded(scope, receive, measured_send)
-
-    async def _guarded(self, scope: dict, receive: Any, send: Any) -> None:
-        settings = scope["app"].state.gateway.settings
-        owner = None
-        keys = settings.router_api_keys
-        if keys and scope["path"] not in PUBLIC_PATHS:
-            presented = _presented_key(scope)
-            if presented is None:
-                return await _reply(send, APIError(401, "Missing API key: send 'Authorization: Bearer <key>'.",
-                                                   code="missing_api_key"))
-            matched = None
-            for key in keys:  # compare against every key: time does not depend on which matched
-                if hmac.compare_digest(presented.encode(), key.encode()):
-                    matched = key
-            if matched is None:
-                return await _reply(send, APIError(403, "Invalid API key.", code="invalid_api_key"))
-            owner = _owner_of(matched)
-        scope.setdefault("state", {})["owner"] = owner
-
-        limit = settings.max_body_bytes
-        for name, value in scope.get("headers") or ():
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                return await _reply(send, _too_large(limit))
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise APIError(413, _too_large(limit).message, code="request_too_large")
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
-def _too_large(limit: int) -> APIError:
-    return APIError(413, f"The request body is larger than {limit} bytes.", code="request_too_large")
-
-
-async def _reply(send: Any, exc: APIError) -> None:
-    body = orjson.dumps(error_body(exc.message, exc.type, exc.param, exc.code))
-    await send({"type": "http.response.start", "status": exc.status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def error_response(exc: APIError, headers: dict | None = None) -> Response:

@@ -15,9 +15,11 @@ from tests.reliability.helpers import assert_openai_error, poll_status, sse, usa
 
 KEY_A = "tenant-a-3f9c2e71d0b84a56"
 KEY_B = "tenant-b-81d7a0c4e29f6b35"
-KEYS = {"nomyo-router-api-key": [KEY_A, KEY_B]}
+ADMIN_KEY = "admin-5c1e9b07f3a24d68"
+KEYS = {"nomyo-router-api-key": [KEY_A, KEY_B], "admin_api_key": ADMIN_KEY}
 A = {"Authorization": f"Bearer {KEY_A}"}
 B = {"Authorization": f"Bearer {KEY_B}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 FAKE_ID = "resp_" + "ab" * 24
 
 
@@ -45,7 +47,8 @@ def app_route_calls() -> list[tuple[str, str]]:
 
 
 ROUTE_CALLS = app_route_calls()
-PROTECTED = [call for call in ROUTE_CALLS if call[1] != "/health/live"]
+ADMIN_ROUTES = [call for call in ROUTE_CALLS if call[1] in ("/health", "/api/usage", "/v1/usage", "/metrics")]
+PROTECTED = [call for call in ROUTE_CALLS if call[1] != "/health/live" and call not in ADMIN_ROUTES]
 
 
 def test_route_inventory_is_complete():
@@ -81,6 +84,26 @@ async def test_every_route_but_liveness_needs_a_key(app_factory):
             for right in ({"headers": A}, {"headers": B}, {"params": {"api_key": KEY_B}}):
                 reply = await http.request(method, path, **right)
                 assert reply.status_code not in (401, 403), (method, path, right, reply.text)
+            assert_openai_error(await http.request(method, path, headers=ADMIN), 403, "invalid_api_key")
+
+
+async def test_the_gateway_wide_routes_need_the_admin_key(app_factory):
+    """/health, /api/usage and /metrics show every endpoint URL and every tenant's activity:
+    tenant keys get 403, the admin key reads them, and without an admin key nobody does."""
+    async with app_factory(**KEYS) as http:
+        assert ADMIN_ROUTES and len(ADMIN_ROUTES) == 4
+        for method, path in ADMIN_ROUTES:
+            assert_openai_error(await http.request(method, path), 401, "missing_api_key")
+            for headers in (A, B, {"Authorization": "Bearer not-a-key"}):
+                reply = await http.request(method, path, headers=headers)
+                assert_openai_error(reply, 403, "admin_key_required")
+            reply = await http.request(method, path, headers=ADMIN)
+            assert reply.status_code in (200, 503), (path, reply.text)
+            assert "admin_key_required" not in reply.text
+    async with app_factory(**{"nomyo-router-api-key": [KEY_A], "admin_api_key": None}) as http:
+        for method, path in ADMIN_ROUTES:
+            error = assert_openai_error(await http.request(method, path, headers=A), 403, "admin_key_required")
+            assert "admin_api_key" in error["message"]
 
 
 async def test_liveness_answers_with_any_or_no_key(app_factory):
@@ -179,12 +202,12 @@ async def test_other_tenant_cannot_cancel_or_stream_a_background_response(app_fa
             assert_openai_error(replay, 404)
             assert_openai_error(await http.get(f"/v1/responses/{rid}/input_items", **kwargs), 404)
             assert_openai_error(await http.delete(f"/v1/responses/{rid}", **kwargs), 404)
-        assert (await usage(http, A))["background_jobs"] == 1         # still running for its owner
+        assert (await usage(http, ADMIN))["background_jobs"] == 1         # still running for its owner
         done = await poll_status(http, rid, headers=A)
         assert done["status"] == "completed" and done["output_text"] == DEFAULT_TEXT
         events = sse((await http.get(f"/v1/responses/{rid}", headers=A, params={"stream": "true"})).text)
         assert events[-1]["type"] == "response.completed"
-        await wait_idle(http, ollama, headers=A)
+        await wait_idle(http, ollama, headers=ADMIN)
 
 
 async def test_other_tenant_cannot_stream_a_running_background_stream(app_factory, ollama):
@@ -193,7 +216,7 @@ async def test_other_tenant_cannot_stream_a_running_background_stream(app_factor
         body = {"model": "tiny", "input": "hi", "background": True, "stream": True}
         owner = asyncio.create_task(http.post("/v1/responses", headers=A, json=body))
         for _ in range(200):
-            if (await http.get("/api/usage", headers=A)).json()["background_jobs"]:
+            if (await http.get("/api/usage", headers=ADMIN)).json()["background_jobs"]:
                 break
             await asyncio.sleep(0.01)
         rid = next(iter(router.app.state.gateway.jobs.jobs))    # the running job, its stream not yet read
@@ -202,7 +225,7 @@ async def test_other_tenant_cannot_stream_a_running_background_stream(app_factor
         assert_openai_error(await http.post(f"/v1/responses/{rid}/cancel", headers=B), 404)
         events = sse((await owner).text)
         assert events[0]["response"]["id"] == rid and events[-1]["type"] == "response.completed"
-        await wait_idle(http, ollama, headers=A)
+        await wait_idle(http, ollama, headers=ADMIN)
 
 
 async def test_other_tenant_cannot_reference_items(app_factory, ollama):

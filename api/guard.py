@@ -1,0 +1,231 @@
+"""What every HTTP request passes before a route sees it: the ``Host`` allowlist, the
+``Origin`` check and CORS, router-key authentication (and the admin key), the JSON-only rule
+for bodies, and the body size limit. Also counts every request for the metrics.
+
+A pure ASGI middleware (no per-request objects beyond what the checks need). The checks
+follow what a browser can do to a gateway on a developer's machine: a page on another origin
+may send "simple" requests (``text/plain`` POSTs, no preflight) and may reach the gateway
+through a DNS name of its own (rebinding); both are refused here, before any route runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from starlette.middleware.cors import CORSMiddleware
+
+from config import Settings
+from errors import APIError, error_body
+from metrics import REQUEST_SECONDS, REQUESTS, route_family
+
+__all__ = ["GatewayMiddleware", "PUBLIC_PATHS", "ADMIN_PATHS", "owner_of"]
+
+#: Paths answered without authentication (the liveness probe).
+PUBLIC_PATHS = frozenset({"/health/live"})
+#: Paths that show the whole gateway (endpoints, every tenant's activity): the admin key only,
+#: once ``admin_api_key`` is set.
+ADMIN_PATHS = frozenset({"/health", "/api/usage", "/v1/usage", "/metrics"})
+#: Host names that always mean this machine.
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def owner_of(key: str) -> str:
+    """An opaque tenant tag for an API key (never the key itself)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _header(scope: dict, name: bytes) -> str | None:
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _presented_key(scope: dict) -> str | None:
+    authorization = _header(scope, b"authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else ""
+    query = scope.get("query_string") or b""
+    if b"api_key=" in query:
+        values = parse_qs(query.decode("latin-1")).get("api_key")
+        if values:
+            return values[0]
+    return None
+
+
+def _host_name(host: str) -> str:
+    """``host`` of a ``Host`` header without its port, IPv6 brackets removed, lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def host_allowed(scope: dict, settings: Settings) -> bool:
+    """Whether the request's ``Host`` is one the gateway answers to (``allowed_hosts``; unset:
+    any with a router key, else loopback names and the address the connection reached)."""
+    allowed = settings.allowed_hosts
+    if allowed is None and settings.router_api_keys:
+        return True
+    if allowed is not None and "*" in allowed:
+        return True
+    host = _header(scope, b"host")
+    if host is None:  # HTTP/1.0 without Host: nothing a browser sends
+        return True
+    name = _host_name(host)
+    if allowed is not None:
+        return name in {_host_name(h) for h in allowed}
+    server = scope.get("server")
+    return name in LOOPBACK_HOSTS or (server is not None and name == str(server[0]).lower())
+
+
+def origin_allowed(origin: str, scope: dict, settings: Settings) -> bool:
+    """Whether a browser page of ``origin`` may call: one of ``cors_allowed_origins``, or the
+    gateway's own origin (same ``Host``)."""
+    allowed = settings.cors_allowed_origins
+    if "*" in allowed or origin in allowed:
+        return True
+    host = _header(scope, b"host")
+    return host is not None and urlsplit(origin).netloc.lower() == host.lower()
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _has_body(scope: dict) -> bool:
+    length = _header(scope, b"content-length")
+    return (length is not None and length.strip() not in ("", "0")) or _header(scope, b"transfer-encoding") is not None
+
+
+class GatewayMiddleware:
+    """The checks every request passes (see the module docstring), in this order: ``Host``
+    (400 ``host_not_allowed``), ``Origin`` (403 ``origin_not_allowed``; allowed CORS preflights
+    are answered here), the admin key on :data:`ADMIN_PATHS` once any key is configured (401,
+    403 ``admin_key_required``), the router key elsewhere (401 / 403 ``invalid_api_key``),
+    the size limit (413), and a POST body that is not JSON (415 ``unsupported_media_type``).
+    The owner tag goes in ``scope["state"]["owner"]``."""
+
+    def __init__(self, app: Any):
+        self.app = app
+        self._cors: tuple[Settings, Any] | None = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        route = route_family(scope["path"])
+        status = 500
+
+        async def measured_send(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif not message.get("more_body"):
+                REQUESTS.labels(route, str(status)).inc()
+                REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+            await send(message)
+
+        await self._guarded(scope, receive, measured_send)
+
+    def _with_cors(self, settings: Settings) -> Any:
+        """The app behind CORS for ``settings`` (made again when the settings change)."""
+        if not settings.cors_allowed_origins:
+            return self.app
+        if self._cors is None or self._cors[0] is not settings:
+            self._cors = (settings, CORSMiddleware(self.app, allow_origins=settings.cors_allowed_origins,
+                                                   allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"],
+                                                   expose_headers=["x-request-id"], max_age=600))
+        return self._cors[1]
+
+    async def _guarded(self, scope: dict, receive: Any, send: Any) -> None:
+        settings: Settings = scope["app"].state.gateway.settings
+        if scope["path"] not in PUBLIC_PATHS and not host_allowed(scope, settings):
+            return await _reply(send, APIError(400, "This gateway does not answer to the Host "
+                                                    f"'{_header(scope, b'host')}'; add it to allowed_hosts.",
+                                               code="host_not_allowed"))
+        origin = _header(scope, b"origin")
+        if origin is not None and not origin_allowed(origin, scope, settings):
+            return await _reply(send, APIError(403, f"Requests from the web origin '{origin}' are not allowed; "
+                                                    "add it to cors_allowed_origins.", code="origin_not_allowed"))
+        app = self._with_cors(settings)
+        if origin is not None and scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method"):
+            return await app(scope, receive, send)  # a CORS preflight: answered without a key
+
+        path = scope["path"]
+        owner = None
+        if path in ADMIN_PATHS and (settings.admin_api_key is not None or settings.router_api_keys):
+            refusal = _admin_refusal(scope, settings)
+            if refusal is not None:
+                return await _reply(send, refusal)
+        elif settings.router_api_keys and path not in PUBLIC_PATHS:
+            presented = _presented_key(scope)
+            if presented is None:
+                return await _reply(send, _missing_key())
+            matched = None
+            for key in settings.router_api_keys:  # compare with every key: time does not tell which matched
+                if hmac.compare_digest(presented.encode(), key.encode()):
+                    matched = key
+            if matched is None:
+                return await _reply(send, APIError(403, "Invalid API key.", code="invalid_api_key"))
+            owner = owner_of(matched)
+        scope.setdefault("state", {})["owner"] = owner
+
+        limit = settings.max_body_bytes
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await _reply(send, _too_large(limit))
+        if scope["method"] == "POST":
+            content_type = _header(scope, b"content-type")
+            if (content_type is not None and not _is_json(content_type)) or (content_type is None and _has_body(scope)):
+                return await _reply(send, APIError(415, "Request bodies must be JSON: send 'Content-Type: "
+                                                        "application/json'.", code="unsupported_media_type"))
+
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise APIError(413, _too_large(limit).message, code="request_too_large")
+            return message
+
+        await app(scope, limited_receive, send)
+
+
+def _missing_key() -> APIError:
+    return APIError(401, "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key")
+
+
+def _admin_refusal(scope: dict, settings: Settings) -> APIError | None:
+    """None when the request carries ``admin_api_key``; else the 401 (no key) or 403 (any other
+    key, tenant keys too, or no admin key configured on a gateway with tenant keys)."""
+    presented = _presented_key(scope)
+    if presented is None:
+        return _missing_key()
+    admin = settings.admin_api_key
+    if admin is not None and hmac.compare_digest(presented.encode(), admin.encode()):
+        return None
+    why = "" if admin is not None else " (none is configured: set admin_api_key)"
+    return APIError(403, f"{scope['path']} needs the admin key{why}; tenant keys cannot read it.",
+                    code="admin_key_required")
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"The request body is larger than {limit} bytes.", code="request_too_large")
+
+
+async def _reply(send: Any, exc: APIError) -> None:
+    body = orjson.dumps(error_body(exc.message, exc.type, exc.param, exc.code))
+    await send({"type": "http.response.start", "status": exc.status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
