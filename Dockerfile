@@ -8,7 +8,7 @@ RUN useradd --create-home --uid 10001 nomyo
 COPY pyproject.toml ./
 RUN pip install --no-cache-dir .
 
-COPY router.py preflight.py chat_client.py reasoning_seal.py config.py errors.py metrics.py backends.py db.py cache.py config.yaml ./
+COPY serve.py router.py preflight.py chat_client.py reasoning_seal.py config.py errors.py metrics.py backends.py db.py cache.py config.yaml ./
 COPY api ./api
 COPY engine ./engine
 COPY requests ./requests
@@ -24,4 +24,4 @@ EXPOSE 12434
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:12434/health/live', timeout=4)"
 
-CMD ["uvicorn", "router:app", "--host", "0.0.0.0", "--port", "12434", "--no-access-log"]
+CMD ["python", "serve.py", "--host", "0.0.0.0", "--port", "12434"]

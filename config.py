@@ -59,6 +59,15 @@ class Settings(BaseSettings):
     queue_timeout: float = Field(300, ge=0)
     discovery_ttl: float = Field(30, ge=1)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    #: Seconds a client has to send a request's headers (from connecting, or from the request's
+    #: first byte), and its whole body; past either the connection is closed (headers) or answered 408.
+    header_timeout: float = Field(10, gt=0)
+    body_timeout: float = Field(60, gt=0)
+    #: Open client connections (``serve.py``); past it new connections are closed at once.
+    max_connections: int = Field(1024, ge=1)
+    #: Seconds an idle client connection is kept open; above the 5 s after which the OpenAI SDKs'
+    #: pools drop theirs, so a client never reuses a connection the gateway is closing.
+    keep_alive_timeout: float = Field(30, gt=0)
     max_input_items: int = Field(4096, ge=1)
     #: What one request may load of its previous_response_id chain: bytes of item JSON, and items.
     #: Past either, the request is a 400 (or, with ``truncation: "auto"``, the oldest turns are left out).

@@ -10,6 +10,7 @@ through a DNS name of its own (rebinding); both are refused here, before any rou
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -110,7 +111,8 @@ class GatewayMiddleware:
     (400 ``host_not_allowed``), ``Origin`` (403 ``origin_not_allowed``; allowed CORS preflights
     are answered here), the admin key on :data:`ADMIN_PATHS` once any key is configured (401,
     403 ``admin_key_required``), the router key elsewhere (401 / 403 ``invalid_api_key``),
-    the size limit (413), and a POST body that is not JSON (415 ``unsupported_media_type``).
+    the size limit (413), a POST body that is not JSON (415 ``unsupported_media_type``), and a
+    body that takes longer than ``body_timeout`` (408 ``request_timeout``).
     The owner tag goes in ``scope["state"]["owner"]``."""
 
     def __init__(self, app: Any):
@@ -189,14 +191,29 @@ class GatewayMiddleware:
                                                         "application/json'.", code="unsupported_media_type"))
 
         received = 0
+        body_deadline: float | None = None
+        body_done = False
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_deadline, body_done
+            if body_done:  # what follows the body is the disconnect: no bound
+                return await receive()
+            loop = asyncio.get_running_loop()
+            if body_deadline is None:
+                body_deadline = loop.time() + settings.body_timeout
+            try:
+                async with asyncio.timeout_at(body_deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise APIError(408, f"The request body did not arrive within {settings.body_timeout:g} s.",
+                               code="request_timeout") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise APIError(413, _too_large(limit).message, code="request_too_large")
+                body_done = not message.get("more_body")
+            else:
+                body_done = True
             return message
 
         await app(scope, limited_receive, send)

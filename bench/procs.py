@@ -162,14 +162,10 @@ def write_gateway_config(workdir: Path, backend_port: int) -> tuple[Path, Path]:
     return config, db
 
 
-def _uvicorn_command() -> list[str]:
-    script = Path(sys.executable).parent / "uvicorn"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "uvicorn"]
-
-
 def start_gateway(workdir: Path, backend_port: int, port: int | None = None,
                   timeout: float = 30.0) -> tuple[Child, int]:
-    """Start ``uvicorn router:app`` (1 worker, no access log) against the backend, with a fresh store.
+    """Start the gateway as it is run (``serve.py``: uvicorn, 1 worker), without the access log,
+    against the backend, with a fresh store.
 
     Waits until ``/health/live`` answers and the backend's models are known.
     Returns the child and its port. Raises RuntimeError with the log tail on failure.
@@ -179,8 +175,8 @@ def start_gateway(workdir: Path, backend_port: int, port: int | None = None,
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOMYO_ROUTER_")}
     env.update(NOMYO_ROUTER_CONFIG_PATH=str(config), NOMYO_ROUTER_DB_PATH=str(db), PYTHONUNBUFFERED="1")
     log_path = workdir / "gateway.log"
-    proc = subprocess.Popen(_uvicorn_command() + ["router:app", "--host", "127.0.0.1", "--port", str(port),
-                                                  "--workers", "1", "--no-access-log"],
+    proc = subprocess.Popen([sys.executable, "serve.py", "--host", "127.0.0.1", "--port", str(port),
+                             "--no-access-log"],
                             cwd=REPO, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     child = Child("gateway", proc, log_path)
     try:

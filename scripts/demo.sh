@@ -37,4 +37,4 @@ for _ in $(seq 100); do
 done
 echo "llama-server is serving the tiny model as 'tiny-llama'; starting the gateway on :12434" >&2
 echo "try: curl -s http://127.0.0.1:12434/v1/responses -H 'Content-Type: application/json' -d '{\"model\": \"tiny-llama\", \"input\": \"hi\"}'" >&2
-NOMYO_ROUTER_CONFIG_PATH="$cache/demo/config.yaml" .venv/bin/uvicorn router:app --host 127.0.0.1 --port 12434
+NOMYO_ROUTER_CONFIG_PATH="$cache/demo/config.yaml" .venv/bin/python serve.py --host 127.0.0.1 --port 12434

@@ -26,7 +26,7 @@ def test_image_copies_every_module_the_app_needs():
 
 def test_image_runs_the_gateway_as_documented():
     text = _dockerfile()
-    assert re.search(r'CMD \["uvicorn", "router:app".*"12434"', text)
+    assert re.search(r'CMD \["python", "serve.py", "--host", "0.0.0.0", "--port", "12434"\]', text)
     assert "EXPOSE 12434" in text and 'VOLUME ["/app/data"]' in text
     assert re.search(r"^USER (?!root)\w+", text, re.M)
     assert "HEALTHCHECK" in text and "/health/live" in text
@@ -37,4 +37,4 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "bash scripts/test.sh" in readme
     assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
-    assert ".venv/bin/pip install ." in readme and "uvicorn router:app" in readme
+    assert ".venv/bin/pip install ." in readme and ".venv/bin/python serve.py" in readme

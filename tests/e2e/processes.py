@@ -41,7 +41,8 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> N
 
 
 class GatewayProcess:
-    """The gateway (``uvicorn router:app``) in its own process with a config of ``settings``."""
+    """The gateway (``serve.py``: uvicorn with the connection bounds) in its own process with a
+    config of ``settings``."""
 
     def __init__(self, workdir: Path, **settings):
         self.workdir = workdir
@@ -62,8 +63,8 @@ class GatewayProcess:
         env.pop("NOMYO_ROUTER_DB_PATH", None)
         env.pop("NOMYO_ROUTER_API_KEY", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "router:app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--no-access-log"], cwd=REPO, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+            [sys.executable, "serve.py", "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log"],
+            cwd=REPO, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
         _wait_http(f"{self.url}/health/live", self.proc, timeout, self.log)
         return self
 

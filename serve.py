@@ -1,0 +1,115 @@
+"""Run the gateway: ``python serve.py [--host HOST] [--port PORT] [--config FILE]``.
+
+uvicorn serving ``router:app`` with the connection bounds of the configuration:
+
+- ``header_timeout``: a connection must finish a request's headers this many seconds after
+  it opened, or after the first byte of its next request; otherwise it is closed (slowloris).
+  uvicorn itself has no such bound: its keep-alive timer stops at the first byte of a request.
+- ``max_connections``: open connections; one past it is closed at once, and requests past
+  it are answered 503 by uvicorn (``limit_concurrency``).
+- ``keep_alive_timeout``: how long an idle connection is kept. Longer than the HTTP
+  clients' own pool expiry (httpx and the OpenAI SDKs: 5 s), so a client never sends on a
+  connection the gateway is closing at that moment.
+
+The body bound (``body_timeout``) is the request guard's (``api.guard``), so it holds under a
+plain ``uvicorn router:app`` too. Exit status: 0 after a clean stop, 2 when the
+configuration cannot be used (one line on stderr names the file or key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+from config import ConfigError, Settings, load_settings
+
+__all__ = ["bounded_protocol", "main"]
+
+
+def bounded_protocol(base: type[asyncio.Protocol], header_timeout: float, max_connections: int) -> type:
+    """A subclass of uvicorn's HTTP protocol ``base`` (h11 or httptools) that closes a
+    connection whose request headers are not complete ``header_timeout`` seconds after it
+    opened or after the request's first byte, and refuses connections past ``max_connections``."""
+
+    class Bounded(base):  # type: ignore[misc, valid-type]
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                transport.close()
+                return
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._awaiting_headers():
+                if self._header_timer is None:
+                    self._arm()
+            else:
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._disarm()  # idle now: uvicorn's keep-alive timer runs until the next request's first byte
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _awaiting_headers(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm(self) -> None:
+            self._header_timer = self.loop.call_later(header_timeout, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self._awaiting_headers() and not self.transport.is_closing():
+                self.transport.close()
+
+    Bounded.__name__ = Bounded.__qualname__ = f"Bounded{base.__name__}"
+    return Bounded
+
+
+def uvicorn_config(settings: Settings, host: str, port: int, **options: Any) -> uvicorn.Config:
+    """The uvicorn configuration that serves ``router:app`` under ``settings``' connection bounds."""
+    return uvicorn.Config("router:app", host=host, port=port,
+                          http=bounded_protocol(AutoHTTPProtocol, settings.header_timeout, settings.max_connections),
+                          limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive_timeout,
+                          **options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, check the configuration, serve until stopped."""
+    parser = argparse.ArgumentParser(prog="serve.py", description="Run the NOMYO Router gateway.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=12434, help="port to listen on (default 12434)")
+    parser.add_argument("--config", help="the config file (else NOMYO_ROUTER_CONFIG_PATH, else ./config.yaml)")
+    parser.add_argument("--no-access-log", action="store_true", help="no line per request from uvicorn")
+    args = parser.parse_args(argv)
+    if args.config:
+        os.environ["NOMYO_ROUTER_CONFIG_PATH"] = args.config
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"nomyo-router: {exc}", file=sys.stderr)
+        return 2
+    config = uvicorn_config(settings, args.host, args.port, access_log=not args.no_access_log)
+    uvicorn.Server(config).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
