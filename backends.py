@@ -307,29 +307,6 @@ def _make_openai_client(registry: Registry, endpoint: str) -> openai.AsyncOpenAI
 
 # ── Chat Completions calls ─────────────────────────────────────────────────────
 
-_TOOLS_REJECTED = ("does not support tools", "tools are not supported", "tool use is not supported",
-                   "does not support function")
-_IMAGES_REJECTED = ("does not support image", "image input is not supported", "images are not supported",
-                    "does not support vision", "multimodal")
-
-
-def _strip_images(messages: list[dict]) -> list[dict]:
-    out = []
-    for msg in messages:
-        content = msg.get("content")
-        if isinstance(content, list):
-            parts = [p for p in content if p.get("type") != "image_url"]
-            content = parts[0]["text"] if len(parts) == 1 and parts[0].get("type") == "text" else parts
-            msg = {**msg, "content": content}
-        out.append(msg)
-    return out
-
-
-def _has_images(messages: list[dict]) -> bool:
-    return any(isinstance(m.get("content"), list) and any(p.get("type") == "image_url" for p in m["content"])
-               for m in messages)
-
-
 async def create_chat_with_retries(client: ChatClient, params: dict) -> dict | ChatStream:
     """Call Chat Completions on ``client``; retry what is safe to retry.
 
@@ -337,10 +314,9 @@ async def create_chat_with_retries(client: ChatClient, params: dict) -> dict | C
     as orjson bytes. Returns the completion as a plain dict, or a
     :class:`ChatStream` of chunk dicts when ``params["stream"]``. Retries a
     connection that failed before any answer (up to :data:`CONNECT_ATTEMPTS` in
-    all), and again without tools or without images when the backend rejects them
-    for this model (logged). Raises :class:`BackendUnavailable` (502),
-    :class:`BackendTimeout` (504) or :class:`APIError` with the upstream's own
-    status and message.
+    all); what a model refuses (tools, images) is the turn engine's to handle.
+    Raises :class:`BackendUnavailable` (502), :class:`BackendTimeout` (504) or
+    :class:`APIError` with the upstream's own status and message.
     """
     connect_attempts = CONNECT_ATTEMPTS
     while True:
@@ -351,21 +327,6 @@ async def create_chat_with_retries(client: ChatClient, params: dict) -> dict | C
             if connect_attempts > 0:
                 continue
             raise BackendUnavailable(client.base_url, exc.detail) from exc
-        except BackendTimeout:
-            raise
-        except APIError as exc:
-            lowered = exc.message.lower()
-            if exc.status == 400 and params.get("tools") and any(s in lowered for s in _TOOLS_REJECTED):
-                log.warning("model %s rejected tools; retrying without them", params.get("model"))
-                params = {k: v for k, v in params.items()
-                          if k not in ("tools", "tool_choice", "parallel_tool_calls")}
-                continue
-            if exc.status in (400, 500) and _has_images(params["messages"]) and any(
-                    s in lowered for s in _IMAGES_REJECTED):
-                log.warning("model %s rejected image input; retrying without the images", params.get("model"))
-                params = {**params, "messages": _strip_images(params["messages"])}
-                continue
-            raise
 
 
 def backend_error(client: openai.AsyncOpenAI, exc: openai.APIError) -> APIError:

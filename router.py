@@ -92,8 +92,8 @@ app.include_router(health.router)
 
 @app.exception_handler(APIError)
 async def _api_error(request: Request, exc: APIError) -> Response:
-    # A body cut off (too slow, too large) leaves the rest of it on the connection: close it.
-    return error_response(exc, headers={"connection": "close"} if exc.status in (408, 413) else None)
+    # A body that stopped arriving leaves the connection mid-request: close it.
+    return error_response(exc, headers={"connection": "close"} if exc.status == 408 else None)
 
 
 @app.exception_handler(responses.ClientGone)

@@ -19,6 +19,7 @@ from errors import APIError
 from reasoning_seal import ReasoningSeal, SealError
 from requests.common import SEALED_PREFIX
 from requests.tools import OUTPUT_ITEM_TYPES, ToolMap
+from requests.validation import METADATA_MAX_VALUE_CHARS
 from requests.params import tool_map
 from requests.responses import (InvalidInput, build_response_object, new_id, normalize_input_items,
                                 responses_input_to_messages)
@@ -26,6 +27,9 @@ from requests.responses import (InvalidInput, build_response_object, new_id, nor
 __all__ = ["Turn", "ChainBounds", "prepare_turn", "bad_input"]
 
 log = logging.getLogger("nomyo_router.turn")
+
+#: The ``metadata`` key of a Response that says what its answer was given without.
+NOTICE_KEY = "nomyo_notice"
 
 
 def bad_input(exc: InvalidInput) -> APIError:
@@ -45,6 +49,8 @@ class Turn:
     created_at: int = field(default_factory=lambda: int(time.time()))
     #: The model asked of the endpoints (``model_aliases`` applied); None: the client's own name.
     upstream_model: str | None = None
+    #: What the answer was given without (input the model refused), for the client to read.
+    notices: list[str] = field(default_factory=list)
 
     @property
     def model(self) -> str:
@@ -108,9 +114,14 @@ class Turn:
         return tool_map(self.body.get("tools"), lambda tool_type: "drop")
 
     def response(self, status: str, output_items: list[dict] | None = None, **fields: Any) -> dict:
-        """This turn's Response object with ``status`` and ``output_items``."""
+        """This turn's Response object with ``status`` and ``output_items``. Its ``notices``
+        go in ``metadata`` under :data:`NOTICE_KEY` (the client's own keys kept)."""
+        request = self.body
+        if self.notices:
+            notice = " ".join(dict.fromkeys(self.notices))[:METADATA_MAX_VALUE_CHARS]
+            request = {**request, "metadata": {**(request.get("metadata") or {}), NOTICE_KEY: notice}}
         return build_response_object(response_id=self.id, model=self.model, output_items=output_items or [],
-                                     status=status, request=self.body, created_at=self.created_at,
+                                     status=status, request=request, created_at=self.created_at,
                                      previous_response_id=self.previous_response_id, **fields)
 
     def native_meta(self) -> dict:

@@ -27,7 +27,7 @@ from errors import APIError
 from metrics import BACKEND_ERRORS
 from requests.common import plain
 from requests.native import native_request
-from requests.params import chat_request_params, dropped_hosted_tools
+from requests.params import chat_request_params, dropped_hosted_tools, without_refused_input
 from requests.responses import InvalidInput
 
 __all__ = ["BackendCalls", "Completion", "ChatChunks", "NativeResponse", "NativeEvents", "UpstreamResult",
@@ -177,12 +177,29 @@ async def _send(turn: Turn, calls: BackendCalls, registry: Registry, endpoint: s
                                          hosted_policy=registry.settings.hosted_tool_policy)
             if turn.body.get("tools"):
                 _warn_dropped(turn, registry)
-            result = await calls.create_chat_with_retries(client, params)
+            result = await _chat_without_refused_input(turn, calls, client, params)
     except TimeoutError:
         raise BackendTimeout(f"no answer within upstream_deadline ({seconds:g} s)") from None
     if not turn.stream:
         return Completion(plain(result))
     return ChatChunks(_batches(result, deadline, seconds), result)
+
+
+async def _chat_without_refused_input(turn: Turn, calls: BackendCalls, client: Any, params: dict) -> Any:
+    """The Chat call, sent again without tools or images when the backend says this model takes
+    none; each thing left out is logged and becomes one of the turn's ``notices``."""
+    while True:
+        try:
+            return await calls.create_chat_with_retries(client, params)
+        except APIError as exc:
+            fallback = without_refused_input(params, exc.status, exc.message)
+            if fallback is None:
+                raise
+            params, left_out = fallback
+            log.warning("model %s refused %s (%s); sending the request without them", params.get("model"),
+                        left_out, exc.message)
+            turn.notices.append(f"The model does not accept {left_out}: it answered without the {left_out} "
+                                "of this request.")
 
 
 async def _choose(calls: BackendCalls, registry: Registry, model: str, excluded: set[str],

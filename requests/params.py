@@ -182,3 +182,42 @@ def chat_request_params(body: dict, messages: list[dict], model: str, *, stream:
         params["stream"] = True
         params["stream_options"] = {"include_usage": True}
     return params
+
+
+# ── what a backend refused for this model ─────────────────────────────────────
+
+#: How backends say a model takes no tools (Ollama, llama.cpp, vLLM wordings), lower case.
+_TOOLS_REJECTED = ("does not support tools", "tools are not supported", "tool use is not supported",
+                   "does not support function")
+#: ... and no images.
+_IMAGES_REJECTED = ("does not support image", "image input is not supported", "images are not supported",
+                    "does not support vision", "multimodal")
+
+
+def _strip_images(messages: list[dict]) -> list[dict]:
+    out = []
+    for msg in messages:
+        content = msg.get("content")
+        if isinstance(content, list):
+            parts = [p for p in content if p.get("type") != "image_url"]
+            content = parts[0]["text"] if len(parts) == 1 and parts[0].get("type") == "text" else parts
+            msg = {**msg, "content": content}
+        out.append(msg)
+    return out
+
+
+def _has_images(messages: list[dict]) -> bool:
+    return any(isinstance(m.get("content"), list) and any(p.get("type") == "image_url" for p in m["content"])
+               for m in messages)
+
+
+def without_refused_input(params: dict, status: int, message: str) -> tuple[dict, str] | None:
+    """The Chat request ``params`` less what the backend's error (``status``, ``message``) says
+    the model cannot take (tools: 400; images: 400 or 500, as llama.cpp answers), and what was
+    left out (``"tools"`` or ``"images"``); None when the error is about something else."""
+    lowered = message.lower()
+    if status == 400 and params.get("tools") and any(s in lowered for s in _TOOLS_REJECTED):
+        return {k: v for k, v in params.items() if k not in ("tools", "tool_choice", "parallel_tool_calls")}, "tools"
+    if status in (400, 500) and _has_images(params["messages"]) and any(s in lowered for s in _IMAGES_REJECTED):
+        return {**params, "messages": _strip_images(params["messages"])}, "images"
+    return None

@@ -243,42 +243,6 @@ def scripted_server(handler):
     return chat_server(chat)
 
 
-async def test_retry_without_tools_when_model_rejects_them():
-    seen = []
-
-    def handler(body):
-        seen.append(body)
-        if "tools" in body:
-            return 400, {"error": {"message": "registry.ollama.ai/library/x does not support tools",
-                                   "type": "api_error"}}
-        return 200, {"id": "c", "object": "chat.completion", "created": 0, "model": "x",
-                     "choices": [{"index": 0, "finish_reason": "stop",
-                                  "message": {"role": "assistant", "content": "ok"}}]}
-
-    async with scripted_server(handler) as client:
-        completion = await create_chat_with_retries(client, {
-            "model": "x", "messages": [{"role": "user", "content": "q"}], "tool_choice": "auto",
-            "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]})
-    assert completion["choices"][0]["message"]["content"] == "ok"
-    assert "tools" in seen[0] and "tools" not in seen[1] and "tool_choice" not in seen[1]
-
-
-async def test_retry_without_images_when_model_rejects_them():
-    seen = []
-
-    def handler(body):
-        seen.append(body)
-        if isinstance(body["messages"][0]["content"], list):
-            return 500, {"error": {"message": "image input is not supported - hint: provide the mmproj"}}
-        return 200, {"choices": [{"index": 0, "finish_reason": "stop",
-                                  "message": {"role": "assistant", "content": "ok"}}]}
-
-    async with scripted_server(handler) as client:
-        await create_chat_with_retries(client, {"model": "x", "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": "http://i/x.png"}}]}]})
-    assert seen[1]["messages"][0]["content"] == "what is this"
-
-
 async def test_other_upstream_4xx_is_not_retried():
     calls = []
 

@@ -285,3 +285,54 @@ async def test_a_stream_is_not_reported_completed_before_its_final_state_is_stor
     summary = check_stream(events)
     assert [e["type"] for e in events][-2:] == ["error", "response.failed"]
     assert "could not be stored" in events[-2]["message"] and summary.items[0]["content"][0]["text"] == "Hi there"
+
+
+# ── input the model refused ───────────────────────────────────────────────────
+
+WEATHER_TOOL = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]
+IMAGE_INPUT = [{"type": "message", "role": "user", "content": [
+    {"type": "input_text", "text": "what is this"}, {"type": "input_image", "image_url": "http://i/x.png"}]}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_tools_a_model_refuses_are_left_out_and_the_response_says_so(client, stream):
+    from conformance import aiter_chunks
+    from errors import APIError
+    answer = aiter_chunks(text_chunks("No tools here.")) if stream else chat_completion("No tools here.")
+    body = {"model": "m", "input": "weather?", "tools": WEATHER_TOOL, "metadata": {"mine": "kept"}, "stream": stream}
+    with Backend() as backend:
+        backend.chat.side_effect = [APIError(400, "registry.ollama.ai/library/x does not support tools"), answer]
+        obj = check_stream(await create_stream(client, body)).response if stream else await create(client, body)
+    first, second = backend.chat_params
+    assert "tools" in first and "tools" not in second and "tool_choice" not in second
+    assert obj["output_text"] == "No tools here." and obj["status"] == "completed"
+    assert obj["metadata"]["mine"] == "kept"
+    assert "does not accept tools" in obj["metadata"]["nomyo_notice"]
+    stored = (await client.get(f"/v1/responses/{obj['id']}")).json()
+    assert stored["metadata"] == obj["metadata"]
+
+
+async def test_images_a_model_refuses_are_left_out_and_the_response_says_so(client):
+    from errors import APIError
+    with Backend() as backend:
+        backend.chat.side_effect = [APIError(500, "image input is not supported - hint: provide the mmproj"),
+                                    chat_completion("A guess.")]
+        obj = await create(client, {"model": "m", "input": IMAGE_INPUT})
+    assert isinstance(backend.chat_params[0]["messages"][0]["content"], list)
+    assert backend.chat_params[1]["messages"][0]["content"] == "what is this"
+    assert "does not accept images" in obj["metadata"]["nomyo_notice"]
+
+
+async def test_an_answer_given_everything_it_asked_for_has_no_notice(client):
+    with Backend(chat_completion("Sunny.")):
+        obj = await create(client, {"model": "m", "input": "weather?", "tools": WEATHER_TOOL})
+    assert obj["metadata"] == {}
+
+
+async def test_another_backend_error_is_not_taken_for_a_refusal(client):
+    from errors import APIError
+    with Backend() as backend:
+        backend.chat.side_effect = [APIError(400, "the context is too long")]
+        reply = await client.post("/v1/responses", json={"model": "m", "input": "x", "tools": WEATHER_TOOL})
+    assert assert_openai_error(reply, 400)["message"] == "the context is too long"
+    assert backend.chat.call_count == 1
