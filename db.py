@@ -1,6 +1,7 @@
 """The response store: every stored response, its chain, background jobs and stream events.
 
-SQLite through aiosqlite, WAL journal, one connection. Each response is one row:
+SQLite through aiosqlite, WAL journal, one connection for writes and one for reads.
+Each response is one row:
 its turn's input items, the whole Response object (JSON text) and bookkeeping
 columns. Chains are walked in one recursive query. A ``meta`` table keeps the
 schema version; :data:`MIGRATIONS` upgrades older stores in order.
@@ -160,6 +161,9 @@ class ResponseStore:
     def __init__(self, path: str):
         self.path = path
         self.conn: aiosqlite.Connection | None = None
+        #: Reads go through a connection of their own, so a write waiting for the store's lock
+        #: (``busy_timeout``) never holds a retrieve up behind it (WAL lets readers run alongside).
+        self.reader: aiosqlite.Connection | None = None
         self._lock: Any = None
 
     def _take_lock(self) -> None:
@@ -186,6 +190,11 @@ class ResponseStore:
         self.conn = await aiosqlite.connect(self.path, isolation_level=None)
         try:
             await self._prepare()
+            if self.path == ":memory:":
+                self.reader = self.conn
+            else:
+                self.reader = await aiosqlite.connect(self.path, isolation_level=None)
+                await self.reader.execute("PRAGMA query_only=1")
         except BaseException:
             await self.close()
             raise
@@ -209,6 +218,9 @@ class ResponseStore:
     async def close(self) -> None:
         """Close the connection and give the store's lock back (idempotent)."""
         try:
+            if self.reader is not None and self.reader is not self.conn:
+                await self.reader.close()
+            self.reader = None
             if self.conn is not None:
                 await self.conn.close()
                 self.conn = None
@@ -299,10 +311,10 @@ class ResponseStore:
         """The stored row as a dict (``id``, ``status``, ``model``, ``previous_response_id``,
         ``created_at``, ``background``, ``owner``, ``input_items``, ``response``,
         ``request``), or None. Given an ``owner``, rows of other owners are None."""
-        cursor = await self.conn.execute(
+        rows = await self.reader.execute_fetchall(
             "SELECT id, owner, previous_response_id, model, status, background, created_at, input_items,"
             " response, request FROM responses WHERE id=?", (id,))
-        row = await cursor.fetchone()
+        row = rows[0] if rows else None  # each read is one call: a statement never stays open
         if row is None or (owner is not ... and row[1] != owner):
             return None
         return {"id": row[0], "owner": row[1], "previous_response_id": row[2], "model": row[3],
@@ -319,8 +331,8 @@ class ResponseStore:
         ``max_bytes`` and ``max_items``; the turns before are left out, unread, and the
         :class:`Chain` says it is not ``complete``.
         """
-        rows = await (await self.conn.execute(_CHAIN_SQL, {"id": id, "owner": owner, "max_bytes": max_bytes,
-                                                           "max_items": max_items})).fetchall()
+        rows = await self.reader.execute_fetchall(_CHAIN_SQL, {"id": id, "owner": owner, "max_bytes": max_bytes,
+                                                               "max_items": max_items})
         if not rows:
             return None
         items: list[dict] = []
@@ -337,8 +349,8 @@ class ResponseStore:
         """Stored input or output items of ``owner`` by item id (for ``item_reference``), through
         the item index. Ids not found are absent from the result."""
         found: dict[str, dict] = {}
-        rows = await (await self.conn.execute(_FIND_ITEMS_SQL, {"ids": _dumps(sorted(set(ids))),
-                                                                "owner": owner})).fetchall()
+        rows = await self.reader.execute_fetchall(_FIND_ITEMS_SQL, {"ids": _dumps(sorted(set(ids))),
+                                                                    "owner": owner})
         for (value,) in rows:
             item = orjson.loads(value)
             found[item["id"]] = item
@@ -346,7 +358,7 @@ class ResponseStore:
 
     async def get_events(self, id: str, after: int = -1) -> list[dict]:
         """Stored stream events of ``id`` with ``sequence_number > after``, in order."""
-        rows = await (await self.conn.execute(
+        rows = await self.reader.execute_fetchall(
             "SELECT event FROM response_events WHERE response_id=? AND sequence_number>? "
-            "ORDER BY sequence_number", (id, after))).fetchall()
+            "ORDER BY sequence_number", (id, after))
         return [orjson.loads(r[0]) for r in rows]

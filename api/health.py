@@ -45,7 +45,8 @@ async def health(request: Request) -> Response:
                  for ep in registry.endpoints.values()]
     ok = store_ok and any(ep["reachable"] for ep in endpoints)
     return _json({"status": "ok" if ok else "unavailable",
-                  "store": {"ok": store_ok, "error": store_error}, "endpoints": endpoints},
+                  "store": {"ok": store_ok, "error": store_error, "writes_retrying": len(gateway.retrying)},
+                  "endpoints": endpoints},
                  200 if ok else 503)
 
 

@@ -9,8 +9,10 @@ its app.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
 
 from backends import Registry
 from cache import LLMCache, open_llm_cache
@@ -40,9 +42,36 @@ class Gateway:
     calls: BackendCalls
     seal: ReasoningSeal
     jobs: JobManager = field(init=False)
+    #: Store writes that failed and are tried again, by response id.
+    retrying: dict[str, asyncio.Task] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.jobs = JobManager(self)
+
+    def retry_later(self, response_id: str, write: Callable[[], Awaitable[Any]]) -> None:
+        """Try ``write`` again (after 0.5 s, then twice as long each time, at most 30 s apart)
+        until the store takes it or the gateway closes. A newer write for the same response
+        replaces an older one."""
+        old = self.retrying.pop(response_id, None)
+        if old is not None:
+            old.cancel()
+
+        async def retry() -> None:
+            delay = 0.5
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await write()
+                except Exception as exc:
+                    log.warning("response %s: the store still refuses its final state: %s: %s", response_id,
+                                type(exc).__name__, exc)
+                    delay = min(delay * 2, 30.0)
+                    continue
+                log.info("response %s: its final state is stored now", response_id)
+                self.retrying.pop(response_id, None)
+                return
+
+        self.retrying[response_id] = asyncio.get_running_loop().create_task(retry(), name=f"store {response_id}")
 
     @property
     def chain_bounds(self) -> ChainBounds:
@@ -50,9 +79,15 @@ class Gateway:
         return ChainBounds(self.settings.max_chain_bytes, self.settings.max_chain_items)
 
     async def close(self) -> None:
-        """Stop the jobs (stored as failed), then close the registry, cache and store."""
+        """Stop the jobs (stored as failed), then close the registry, cache and store. Writes
+        still being retried are given up (the next start marks their rows failed)."""
         try:
             await self.jobs.shutdown()
+            for response_id, task in list(self.retrying.items()):
+                task.cancel()
+                log.error("response %s: its final state was never stored; the next start marks it failed",
+                          response_id)
+            self.retrying.clear()
         finally:
             try:
                 await self.registry.close()

@@ -220,14 +220,19 @@ class TurnRun:
         elif closing:
             yield closing
 
+    def _failed_for_store(self) -> dict:
+        """The final state with ``failed`` status: what a run whose final write failed reports."""
+        message = f"The response could not be stored: {self.record_error}."
+        return {**self.final, "status": "failed", "completed_at": None,
+                "error": {"code": "server_error", "message": message}}
+
     def _unrecorded(self, finished: list[Event]) -> list[Event]:
         """``finished`` with its terminal event replaced by ``error`` + ``response.failed``:
         an answer whose final state the store did not take is not reported finished."""
         self.seq.next = finished[-1]["sequence_number"]
-        message = f"The response could not be stored: {self.record_error}."
-        failed = {**self.final, "status": "failed", "completed_at": None,
-                  "error": {"code": "server_error", "message": message}}
-        return finished[:-1] + self.seq.all([error_event(message), response_event("response.failed", failed)])
+        failed = self._failed_for_store()
+        return finished[:-1] + self.seq.all([error_event(failed["error"]["message"]),
+                                             response_event("response.failed", failed)])
 
     # ── the end ───────────────────────────────────────────────────────────────
     def _decide(self, error: BaseException | None) -> tuple[dict, list[Event]]:
@@ -288,6 +293,10 @@ class TurnRun:
                 self.record_error = exc
                 log.error("the final state of response %s could not be recorded: %s: %s", self.turn.id,
                           type(exc).__name__, exc)
+                if self.row_written:  # left in progress: record what its clients are told, once the store can
+                    failed = self._failed_for_store()
+                    self.gateway.retry_later(self.turn.id, lambda: self.gateway.store.update_response(
+                        self.turn.id, failed, only_if_active=True))
 
     async def _record(self, final: dict, *, answered: bool) -> None:
         turn = self.turn

@@ -37,6 +37,7 @@ async def test_a_response_deleted_while_it_streams_stays_deleted(app_factory, ol
 
 async def test_a_background_response_deleted_while_it_runs_stays_deleted(app_factory, ollama, tmp_path):
     ollama.chunk_delay = 0.05
+    ollama.first_byte_delay = 1.0  # a whole (non-streamed) answer takes a while too: it is deleted while it runs
     async with app_factory(endpoints=[ollama.url]) as http:
         for stream in (True, False):
             body = {**SLOW, "stream": stream, "background": True}

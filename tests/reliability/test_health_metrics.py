@@ -16,7 +16,7 @@ async def test_health_is_200_while_one_endpoint_is_reachable(app_factory, ollama
         reply = await http.get("/health")
         assert reply.status_code == 200
         body = reply.json()
-        assert body["status"] == "ok" and body["store"] == {"ok": True, "error": None}
+        assert body["status"] == "ok" and body["store"] == {"ok": True, "error": None, "writes_retrying": 0}
         by_url = {ep["url"]: ep for ep in body["endpoints"]}
         assert set(by_url) == {dead, ollama.url}
         assert by_url[ollama.url] == {"url": ollama.url, "kind": "ollama", "reachable": True,
@@ -65,7 +65,7 @@ async def test_health_is_503_when_the_store_fails(app_factory, ollama, monkeypat
         monkeypatch.setattr(router.app.state.gateway.store, "check", broken)
         reply = await http.get("/health")
         assert reply.status_code == 503
-        assert reply.json()["store"] == {"ok": False, "error": "OSError: disk gone"}
+        assert reply.json()["store"] == {"ok": False, "error": "OSError: disk gone", "writes_retrying": 0}
         assert reply.json()["endpoints"][0]["reachable"] is True
 
 
@@ -161,3 +161,76 @@ async def test_a_store_that_cannot_be_written_is_503_and_not_ready(app_factory, 
         assert health.status_code == 503 and health.json()["store"]["ok"] is False
         assert read.status_code == 200
         assert (await http.get("/health")).status_code == 200
+
+
+async def test_reads_do_not_wait_behind_a_write_that_waits_for_the_store(app_factory, ollama):
+    """A write waits up to busy_timeout for a lock held elsewhere; a retrieve meanwhile is
+    answered from the store's read connection, not queued behind that write."""
+    import asyncio
+    import sqlite3
+    async with app_factory(endpoints=[ollama.url]) as http:
+        ok = await http.post("/v1/responses", json={"model": "tiny", "input": "hi"})
+        store = router.app.state.gateway.store
+        await store.conn.execute("PRAGMA busy_timeout=4000")
+        blocker = sqlite3.connect(store.path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            before = ollama.requests_total
+            waiting = asyncio.create_task(http.post("/v1/responses", json={"model": "tiny", "input": "hi"}))
+            while ollama.requests_total == before:      # the answer is in: its write is what waits now
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            read = await http.get(f"/v1/responses/{ok.json()['id']}")
+            assert read.status_code == 200 and not waiting.done()
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert (await waiting).status_code == 200      # the lock came back within busy_timeout
+
+
+async def test_a_stream_whose_final_write_fails_is_failed_and_its_row_follows_once_the_store_can(ollama, tmp_path):
+    """The row of a stream is in progress when the store starts refusing writes (another process
+    holds its write lock): the client is told failed, never completed, and the row is failed
+    too as soon as the store takes writes again."""
+    import sqlite3
+
+    import httpx
+    import orjson
+
+    from tests.e2e.processes import GatewayProcess
+    from tests.reliability.helpers import store_rows, wait_for
+    ollama.chunk_delay = 0.05
+    proc = GatewayProcess(tmp_path, endpoints=[ollama.url]).start()
+    blocker = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    try:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=30) as http:
+            body = {"model": "tiny", "input": "[long]", "max_output_tokens": 40, "stream": True}
+            events = []
+            async with http.stream("POST", "/v1/responses", json=body) as reply:
+                async for line in reply.aiter_lines():
+                    if line.startswith("data: "):
+                        events.append(orjson.loads(line[6:]))
+                        if len(events) == 2:                    # in progress, and stored so
+                            blocker.execute("BEGIN IMMEDIATE")  # the final write will be refused
+            rid = events[0]["response"]["id"]
+            assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
+            assert "could not be stored" in events[-1]["response"]["error"]["message"]
+            health = (await http.get("/health")).json()
+            assert health["store"]["writes_retrying"] == 1
+            assert store_rows(proc.workdir / "store.db")[rid][0] == "in_progress"
+            blocker.execute("ROLLBACK")
+
+            async def row_failed():
+                return store_rows(proc.workdir / "store.db")[rid][0] == "failed"
+            assert await wait_for(row_failed, timeout=20)
+            stored = (await http.get(f"/v1/responses/{rid}")).json()
+            assert stored["status"] == "failed" and "could not be stored" in stored["error"]["message"]
+
+            async def retries_done():
+                return (await http.get("/health")).json()["store"]["writes_retrying"] == 0
+            assert await wait_for(retries_done, timeout=10)
+    finally:
+        if blocker.in_transaction:
+            blocker.execute("ROLLBACK")
+        blocker.close()
+        proc.stop()
