@@ -7,13 +7,15 @@ any string of the file is replaced by the environment variable ``NAME``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = ["Settings", "ConfigError", "load_settings"]
@@ -28,6 +30,21 @@ class ConfigError(RuntimeError):
 HostedToolPolicy = Literal["drop", "reject"]
 
 
+class Tenant(BaseModel):
+    """One tenant of ``tenants``: the keys it may use (any of them; add or rotate freely)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keys: list[str] = Field(min_length=1)
+
+    @field_validator("keys")
+    @classmethod
+    def _non_empty(cls, keys: list[str]) -> list[str]:
+        if not all(isinstance(k, str) and k for k in keys):
+            raise ValueError("every key must be a non-empty string")
+        return keys
+
+
 class Settings(BaseSettings):
     """Validated gateway settings. Times are seconds, sizes bytes."""
 
@@ -39,12 +56,21 @@ class Settings(BaseSettings):
     native_responses_endpoints: list[str] = Field(default_factory=list)
     max_concurrent_connections: int = Field(1, ge=1)
     api_keys: dict[str, str] = Field(default_factory=dict)
+    #: Named tenants and their keys: ``{"team-a": {"keys": ["k1", "k2"]}}``. A tenant's stored
+    #: responses belong to its name, so adding or rotating its keys keeps its history.
+    tenants: dict[str, Tenant] = Field(default_factory=dict)
     router_api_key: str | list[str] | None = Field(
         None, validation_alias=AliasChoices("nomyo-router-api-key", "router_api_key",
                                             "NOMYO_ROUTER_API_KEY"))
     #: The key for /health, /api/usage and /metrics, which show every endpoint and tenant. With
     #: router keys set and no admin key, those routes are refused (403) to every key.
     admin_api_key: str | None = Field(None, min_length=1)
+    #: Level of the gateway's log (debug, info, warning, error, critical) and its format:
+    #: ``text`` lines or ``json`` objects, one per line, on stderr.
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    #: One summary line per request (id, tenant, route, models, endpoint, status, latency, tokens).
+    log_requests: bool = True
     cache_enabled: bool = False
     cache_backend: Literal["memory", "sqlite"] = "memory"
     cache_ttl: float = Field(3600, gt=0)
@@ -125,6 +151,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"alias {alias!r} points at another alias, {target!r}")
         return aliases
 
+    @model_validator(mode="after")
+    def _one_owner_per_key(self) -> "Settings":
+        self.key_owners  # raises for a key given to two owners
+        return self
+
     def hosted_tool_policy(self, tool_type: str) -> HostedToolPolicy:
         """``drop`` or ``reject`` for hosted tools of ``tool_type`` on translated endpoints."""
         if isinstance(self.hosted_tools, str):
@@ -133,10 +164,25 @@ class Settings(BaseSettings):
 
     @property
     def router_api_keys(self) -> list[str]:
-        """The router keys as a list (empty: no authentication)."""
-        if self.router_api_key is None:
-            return []
-        return [self.router_api_key] if isinstance(self.router_api_key, str) else list(self.router_api_key)
+        """Every key a client may present: the router keys and the tenants' (empty: no authentication)."""
+        return list(self.key_owners)
+
+    @cached_property
+    def key_owners(self) -> dict[str, str]:
+        """Each accepted key and the owner its requests act as: ``tenant:<name>`` for a key of
+        ``tenants``; for a plain router key, a hash of the key itself (as stores written before
+        tenants existed have it)."""
+        owners: dict[str, str] = {}
+        plain = [] if self.router_api_key is None else (
+            [self.router_api_key] if isinstance(self.router_api_key, str) else list(self.router_api_key))
+        for key in plain:
+            owners[key] = key_tag(key)
+        for name, tenant in self.tenants.items():
+            for key in tenant.keys:
+                if key in owners and owners[key] != tenant_tag(name):
+                    raise ValueError(f"the key of tenant {name!r} is also another tenant's or a router key")
+                owners[key] = tenant_tag(name)
+        return owners
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],
@@ -146,6 +192,16 @@ class Settings(BaseSettings):
                                    file_secret_settings: PydanticBaseSettingsSource):
         # The environment overrides the file (which arrives as init arguments).
         return env_settings, init_settings
+
+
+def key_tag(key: str) -> str:
+    """The owner tag of a plain router key: an opaque hash, never the key itself."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def tenant_tag(name: str) -> str:
+    """The owner tag of the tenant called ``name``."""
+    return f"tenant:{name}"
 
 
 def _variable(match: re.Match) -> str:

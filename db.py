@@ -285,6 +285,16 @@ class ResponseStore:
         cursor = await self.conn.execute("DELETE FROM responses WHERE id=? AND owner IS ?", (id, owner))
         return cursor.rowcount > 0
 
+    async def reassign_owners(self, owners: dict[str, str]) -> int:
+        """Give the rows of each old owner tag (key) to its new one (value), events and items
+        with them; returns how many rows moved. Run at start-up (keys moved into tenants)."""
+        if not owners:
+            return 0
+        cursor = await self.conn.execute(
+            "UPDATE responses SET owner = (SELECT value FROM json_each(:owners) WHERE key = responses.owner)"
+            " WHERE owner IN (SELECT key FROM json_each(:owners))", {"owners": _dumps(owners)})
+        return cursor.rowcount
+
     async def fail_orphaned_responses(self) -> int:
         """Mark responses left queued or in progress by a dead process as failed.
 

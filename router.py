@@ -27,6 +27,7 @@ from starlette.responses import Response  # noqa: E402
 from api import health, responses  # noqa: E402
 from api.guard import PUBLIC_PATHS, GatewayMiddleware  # noqa: E402,F401  (PUBLIC_PATHS: NOMYO Router's name)
 from config import ConfigError, load_settings  # noqa: E402
+from logs import configure_logging, note  # noqa: E402
 from db import ResponseStore, StoreInUse  # noqa: E402
 from engine.gateway import Gateway, open_gateway  # noqa: E402
 from errors import APIError, error_body  # noqa: E402
@@ -62,6 +63,7 @@ async def lifespan(app: FastAPI):
     except ConfigError as exc:
         log.critical("%s", exc)
         raise SystemExit(f"nomyo-router: {exc}") from None
+    configure_logging(settings.log_level, settings.log_format)
     db_path = os.environ.get("NOMYO_ROUTER_DB_PATH") or settings.db_path
     # The backend functions turns run with are api.responses' names, read at call time.
     try:
@@ -92,6 +94,7 @@ app.include_router(health.router)
 
 @app.exception_handler(APIError)
 async def _api_error(request: Request, exc: APIError) -> Response:
+    note(error=exc.code or exc.message)
     # A body that stopped arriving leaves the connection mid-request: close it.
     return error_response(exc, headers={"connection": "close"} if exc.status == 408 else None)
 

@@ -97,16 +97,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=12434, help="port to listen on (default 12434)")
     parser.add_argument("--config", help="the config file (else NOMYO_ROUTER_CONFIG_PATH, else ./config.yaml)")
-    parser.add_argument("--no-access-log", action="store_true", help="no line per request from uvicorn")
+    parser.add_argument("--no-access-log", action="store_true",
+                        help="no summary line per request (log_requests: false)")
     args = parser.parse_args(argv)
     if args.config:
         os.environ["NOMYO_ROUTER_CONFIG_PATH"] = args.config
+    if args.no_access_log:
+        os.environ["NOMYO_ROUTER_LOG_REQUESTS"] = "false"
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(f"nomyo-router: {exc}", file=sys.stderr)
         return 2
-    config = uvicorn_config(settings, args.host, args.port, access_log=not args.no_access_log)
+    # The gateway logs each request itself (with its id, models and tokens): uvicorn's line would repeat it.
+    config = uvicorn_config(settings, args.host, args.port, access_log=False)
     uvicorn.Server(config).run()
     return 0
 

@@ -1,6 +1,7 @@
 """What every HTTP request passes before a route sees it: the ``Host`` allowlist, the
 ``Origin`` check and CORS, router-key authentication (and the admin key), the JSON-only rule
-for bodies, and the body size limit. Also counts every request for the metrics.
+for bodies, and the body size limit. Also gives every request its id (``X-Request-Id``, on
+every answer), counts it for the metrics and logs its summary line.
 
 A pure ASGI middleware (no per-request objects beyond what the checks need). The checks
 follow what a browser can do to a gateway on a developer's machine: a page on another origin
@@ -11,8 +12,8 @@ through a DNS name of its own (rebinding); both are refused here, before any rou
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
+import secrets
 import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -20,11 +21,12 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 from starlette.middleware.cors import CORSMiddleware
 
+import logs
 from config import Settings
 from errors import APIError, error_body
 from metrics import REQUEST_SECONDS, REQUESTS, route_family
 
-__all__ = ["GatewayMiddleware", "PUBLIC_PATHS", "ADMIN_PATHS", "owner_of"]
+__all__ = ["GatewayMiddleware", "PUBLIC_PATHS", "ADMIN_PATHS"]
 
 #: Paths answered without authentication (the liveness probe).
 PUBLIC_PATHS = frozenset({"/health/live"})
@@ -33,11 +35,6 @@ PUBLIC_PATHS = frozenset({"/health/live"})
 ADMIN_PATHS = frozenset({"/health", "/api/usage", "/v1/usage", "/metrics"})
 #: Host names that always mean this machine.
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
-def owner_of(key: str) -> str:
-    """An opaque tenant tag for an API key (never the key itself)."""
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def _header(scope: dict, name: bytes) -> str | None:
@@ -110,7 +107,8 @@ class GatewayMiddleware:
     """The checks every request passes (see the module docstring), in this order: ``Host``
     (400 ``host_not_allowed``), ``Origin`` (403 ``origin_not_allowed``; allowed CORS preflights
     are answered here), the admin key on :data:`ADMIN_PATHS` once any key is configured (401,
-    403 ``admin_key_required``), the router key elsewhere (401 / 403 ``invalid_api_key``),
+    403 ``admin_key_required``), a tenant's or router key elsewhere (401 ``missing_api_key`` or
+    ``invalid_api_key``, as OpenAI answers a wrong key),
     the size limit (413), a POST body that is not JSON (415 ``unsupported_media_type``), and a
     body that takes longer than ``body_timeout`` (408 ``request_timeout``).
     The owner tag goes in ``scope["state"]["owner"]``."""
@@ -125,17 +123,31 @@ class GatewayMiddleware:
         started = time.perf_counter()
         route = route_family(scope["path"])
         status = 500
+        request_id = _request_id(scope)
+        info, token = logs.begin(request_id)
+        first_byte: float | None = None
 
         async def measured_send(message: dict) -> None:
-            nonlocal status
+            nonlocal status, first_byte
             if message["type"] == "http.response.start":
                 status = message["status"]
-            elif not message.get("more_body"):
-                REQUESTS.labels(route, str(status)).inc()
-                REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+            elif message["type"] == "http.response.body":
+                if first_byte is None and message.get("body"):
+                    first_byte = time.perf_counter()
+                    if message.get("more_body"):  # a stream: how long its first byte took
+                        info["ttfb_ms"] = round((first_byte - started) * 1000, 2)
+                if not message.get("more_body"):
+                    REQUESTS.labels(route, str(status)).inc()
+                    REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+                    if scope["app"].state.gateway.settings.log_requests:
+                        logs.request_line(info, scope["method"], scope["path"], status, started)
             await send(message)
 
-        await self._guarded(scope, receive, measured_send)
+        try:
+            await self._guarded(scope, receive, measured_send)
+        finally:
+            logs.end(token)
 
     def _with_cors(self, settings: Settings) -> Any:
         """The app behind CORS for ``settings`` (made again when the settings change)."""
@@ -171,13 +183,13 @@ class GatewayMiddleware:
             presented = _presented_key(scope)
             if presented is None:
                 return await _reply(send, _missing_key())
-            matched = None
-            for key in settings.router_api_keys:  # compare with every key: time does not tell which matched
+            owner = None
+            for key, key_owner in settings.key_owners.items():  # every key compared: time does not tell which
                 if hmac.compare_digest(presented.encode(), key.encode()):
-                    matched = key
-            if matched is None:
-                return await _reply(send, APIError(403, "Invalid API key.", code="invalid_api_key"))
-            owner = owner_of(matched)
+                    owner = key_owner
+            if owner is None:
+                return await _reply(send, APIError(401, "Incorrect API key provided.", code="invalid_api_key"))
+            logs.note(tenant=owner[7:] if owner.startswith("tenant:") else owner[:8])
         scope.setdefault("state", {})["owner"] = owner
 
         limit = settings.max_body_bytes
@@ -217,6 +229,15 @@ class GatewayMiddleware:
             return message
 
         await app(scope, limited_receive, send)
+
+
+def _request_id(scope: dict) -> str:
+    """The client's ``X-Request-Id`` when it is a plausible id (at most 128 characters of
+    letters, digits and ``-_.:``), else a new one."""
+    given = _header(scope, b"x-request-id")
+    if given and len(given) <= 128 and all(c.isalnum() or c in "-_.:" for c in given) and given.isascii():
+        return given
+    return "req_" + secrets.token_hex(12)
 
 
 def _missing_key() -> APIError:

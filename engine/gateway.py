@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 
 from backends import Registry
 from cache import LLMCache, open_llm_cache
-from config import Settings
+from config import Settings, key_tag
 from db import ResponseStore
 from engine.jobs import JobManager
 from engine.turn import ChainBounds
@@ -108,6 +108,10 @@ async def open_gateway(settings: Settings, db_path: str, calls: BackendCalls) ->
     store = await ResponseStore(db_path).open()
     registry: Registry | None = None
     try:
+        moved = await store.reassign_owners({key_tag(key): tag for key, tag in settings.key_owners.items()
+                                             if tag.startswith("tenant:")})
+        if moved:
+            log.info("%d stored response(s) of keys now in tenants belong to those tenants", moved)
         orphans = await store.fail_orphaned_responses()
         if orphans:
             log.warning("marked %d response(s) left unfinished by a previous process as failed", orphans)

@@ -21,6 +21,7 @@ import orjson
 from engine.turn import Turn
 from engine.upstream import ChatChunks, Completion, NativeEvents, NativeResponse, Upstream, open_upstream
 from errors import APIError
+from logs import note
 from metrics import CACHE_LOOKUPS
 from requests.common import new_id, plain
 from requests.events import Event, Sequencer, StreamTranslator, error_event, response_event
@@ -127,6 +128,7 @@ class TurnRun:
         args = (CACHE_ROUTE, turn.model, self._cache_messages())
         hit = await (cache.get_chat(*args, options) if options else cache.get_chat(*args))
         CACHE_LOOKUPS.labels("hit" if hit else "miss").inc()
+        note(cache="hit" if hit else "miss", model=turn.model, response_id=turn.id)
         if not hit:
             async def write(response: dict) -> None:
                 value = orjson.dumps(response)
@@ -145,7 +147,9 @@ class TurnRun:
     async def open(self) -> None:
         """Choose an endpoint and send the turn (see :func:`engine.upstream.open_upstream`).
         Raises its APIError; nothing is held then."""
+        note(model=self.turn.model, response_id=self.turn.id)
         self.upstream = await open_upstream(self.turn, self.gateway.calls, self.gateway.registry)
+        note(endpoint=self.upstream.endpoint, upstream_model=self.upstream.model)
 
     async def begin_stream(self) -> None:
         """Record a foreground stream as ``in_progress`` before its first event (with ``store``)."""
@@ -276,6 +280,10 @@ class TurnRun:
         None (the upstream finished), a cancellation, or the failure."""
         if self._settling is None:
             self.final, self.closing = self._decide(error)
+            usage = self.final.get("usage") or {}
+            failure = self.final.get("error") or {}
+            note(response_status=self.final["status"], input_tokens=usage.get("input_tokens"),
+                 output_tokens=usage.get("output_tokens"), error=failure.get("message"))
             self._settling = asyncio.ensure_future(self._close_and_record(answered=error is None))
         await asyncio.shield(self._settling)
         return self.closing

@@ -291,7 +291,7 @@ async def test_auth_and_ownership(gateway_factory, ollama):
         missing = await http.post("/v1/responses", json={"model": "tiny", "input": "hi"})
         assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
         wrong = await http.get("/v1/models", headers={"Authorization": "Bearer nope"})
-        assert wrong.status_code == 403
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
         a = {"Authorization": "Bearer key-a"}
         obj = (await http.post("/v1/responses", json={"model": "tiny", "input": "hi"}, headers=a)).json()
         assert (await http.get(f"/v1/responses/{obj['id']}", headers=a)).status_code == 200

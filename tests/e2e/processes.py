@@ -44,8 +44,9 @@ class GatewayProcess:
     """The gateway (``serve.py``: uvicorn with the connection bounds) in its own process with a
     config of ``settings``."""
 
-    def __init__(self, workdir: Path, **settings):
+    def __init__(self, workdir: Path, *, request_log: bool = False, **settings):
         self.workdir = workdir
+        self.request_log = request_log
         self.port = free_port()
         self.settings = {"db_path": str(workdir / "store.db"), "connect_timeout": 2, **settings}
         self.config = workdir / "config.yaml"
@@ -63,7 +64,8 @@ class GatewayProcess:
         env.pop("NOMYO_ROUTER_DB_PATH", None)
         env.pop("NOMYO_ROUTER_API_KEY", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "serve.py", "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log"],
+            [sys.executable, "serve.py", "--host", "127.0.0.1", "--port", str(self.port),
+             *(() if self.request_log else ("--no-access-log",))],
             cwd=REPO, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
         _wait_http(f"{self.url}/health/live", self.proc, timeout, self.log)
         return self
