@@ -117,20 +117,29 @@ class Registry:
 
     async def refresh_endpoint(self, ep: Endpoint) -> None:
         """Ask ``ep`` which models it serves (Ollama ``/api/tags`` + ``/api/ps``,
-        else ``/v1/models``); record reachability. Never raises."""
+        else ``/v1/models``); record reachability. The whole exchange is bounded by
+        ``connect_timeout``: an endpoint that accepts connections and never answers
+        holds nobody up longer. Never raises."""
         try:
-            if ep.kind == "ollama":
-                tags, ps = await asyncio.gather(self._get_json(ep, f"{ep.url}/api/tags"),
-                                                self._get_json(ep, f"{ep.url}/api/ps"))
-                ep.models = _model_names(ep, tags, "models", ("name", "model"))
-                ep.loaded = _model_names(ep, ps, "models", ("name", "model"))
-            else:
-                ep.models = _model_names(ep, await self._get_json(ep, f"{ep.base_url}/models"), "data", ("id",))
-                ep.loaded = set(ep.models)
+            async with asyncio.timeout(self.settings.connect_timeout):
+                await self._discover(ep)
             ep.reachable, ep.last_error = True, None
+        except TimeoutError:
+            ep.reachable = False
+            ep.last_error = f"no answer within connect_timeout ({self.settings.connect_timeout:g} s)"
         except Exception as exc:  # any failure only marks the endpoint down
             ep.reachable, ep.last_error = False, f"{type(exc).__name__}: {exc}"
         ep.refreshed_at = time.monotonic()
+
+    async def _discover(self, ep: Endpoint) -> None:
+        if ep.kind == "ollama":
+            tags, ps = await asyncio.gather(self._get_json(ep, f"{ep.url}/api/tags"),
+                                            self._get_json(ep, f"{ep.url}/api/ps"))
+            ep.models = _model_names(ep, tags, "models", ("name", "model"))
+            ep.loaded = _model_names(ep, ps, "models", ("name", "model"))
+        else:
+            ep.models = _model_names(ep, await self._get_json(ep, f"{ep.base_url}/models"), "data", ("id",))
+            ep.loaded = set(ep.models)
 
     async def refresh_all(self) -> None:
         """Refresh every endpoint concurrently; concurrent callers share one refresh."""
@@ -140,11 +149,8 @@ class Registry:
         await asyncio.shield(self._refreshing)
 
     async def start(self) -> None:
-        """Run a first discovery (bounded by ``connect_timeout``) and start the refresher."""
-        try:
-            await asyncio.wait_for(self.refresh_all(), self.settings.connect_timeout)
-        except asyncio.TimeoutError:
-            log.warning("first model discovery did not finish in %ss", self.settings.connect_timeout)
+        """Run a first discovery (each endpoint bounded by ``connect_timeout``) and start the refresher."""
+        await self.refresh_all()
         self._refresher = asyncio.create_task(self._refresh_forever())
 
     async def _refresh_forever(self) -> None:
@@ -191,7 +197,8 @@ class Registry:
         Returns ``(endpoint url, model name at that endpoint)``; the caller gives
         the slot back with :meth:`release`. Prefers reachable, then loaded, then
         least busy endpoints; waits up to ``queue_timeout`` seconds for a slot.
-        Raises APIError 404 ``model_not_found`` or 429 ``all_endpoints_busy``.
+        Raises APIError 404 ``model_not_found``, 502 ``backend_unavailable`` when no
+        endpoint can be reached at all, or 429 ``all_endpoints_busy``.
         """
         cands = self.candidates(model, exclude)
         if not cands and time.monotonic() - min(
@@ -202,6 +209,11 @@ class Registry:
             if exclude and self.candidates(model):
                 raise APIError(502, f"No reachable backend serves model '{model}'.",
                                code="backend_unavailable")
+            down = [ep for ep in self.endpoints.values() if ep.reachable is False]
+            if self.endpoints and len(down) == len(self.endpoints):  # nobody to ask: not "no such model"
+                causes = "; ".join(f"{ep.url}: {ep.last_error}" for ep in down)
+                raise APIError(502, f"No backend can be reached to serve model '{model}' ({causes}).",
+                               code="backend_unavailable", type="server_error")
             raise APIError(404, f"The model '{model}' does not exist or is not served by any endpoint.",
                            param="model", code="model_not_found")
         limit = self.settings.max_concurrent_connections

@@ -29,7 +29,7 @@ from api.guard import PUBLIC_PATHS, GatewayMiddleware  # noqa: E402,F401  (PUBLI
 from config import ConfigError, load_settings  # noqa: E402
 from logs import configure_logging, note  # noqa: E402
 from db import ResponseStore, StoreInUse  # noqa: E402
-from engine.gateway import Gateway, open_gateway  # noqa: E402
+from engine.gateway import Gateway, StartupError, open_gateway  # noqa: E402
 from errors import APIError, error_body  # noqa: E402
 
 log = logging.getLogger("nomyo_router")
@@ -68,7 +68,7 @@ async def lifespan(app: FastAPI):
     # The backend functions turns run with are api.responses' names, read at call time.
     try:
         gateway: Gateway = await open_gateway(settings, db_path, calls=responses)
-    except StoreInUse as exc:
+    except (StoreInUse, StartupError) as exc:
         log.critical("%s", exc)
         raise SystemExit(f"nomyo-router: {exc}") from None
     app.state.gateway = gateway

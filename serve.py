@@ -13,13 +13,15 @@ uvicorn serving ``router:app`` with the connection bounds of the configuration:
 
 The body bound (``body_timeout``) is the request guard's (``api.guard``), so it holds under a
 plain ``uvicorn router:app`` too. Exit status: 0 after a clean stop, 2 when the
-configuration cannot be used (one line on stderr names the file or key).
+configuration cannot be used, 3 when start-up fails (a store, cache or key file that cannot
+be opened); one line on stderr names the file or key.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from typing import Any
@@ -83,6 +85,17 @@ def bounded_protocol(base: type[asyncio.Protocol], header_timeout: float, max_co
     return Bounded
 
 
+class _StartupFailureInOneLine(logging.Filter):
+    """uvicorn logs a failed start-up as the whole traceback; when the gateway stopped it on
+    purpose (``SystemExit("nomyo-router: ...")``, the file or key named), that one line says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Traceback") and "SystemExit: nomyo-router: " in message:
+            record.msg, record.args = message.rsplit("SystemExit: ", 1)[1].strip(), ()
+        return True
+
+
 def uvicorn_config(settings: Settings, host: str, port: int, **options: Any) -> uvicorn.Config:
     """The uvicorn configuration that serves ``router:app`` under ``settings``' connection bounds."""
     return uvicorn.Config("router:app", host=host, port=port,
@@ -111,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # The gateway logs each request itself (with its id, models and tokens): uvicorn's line would repeat it.
     config = uvicorn_config(settings, args.host, args.port, access_log=False)
-    uvicorn.Server(config).run()
-    return 0
+    server = uvicorn.Server(config)
+    logging.getLogger("uvicorn.error").addFilter(_StartupFailureInOneLine())
+    server.run()
+    return 0 if server.started else 3
 
 
 if __name__ == "__main__":

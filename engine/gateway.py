@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sqlite3
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 from backends import Registry
 from cache import LLMCache, open_llm_cache
@@ -97,15 +100,30 @@ class Gateway:
                 await self.store.close()
 
 
+class StartupError(RuntimeError):
+    """The gateway cannot start; the message names the file or key at fault."""
+
+
+@contextmanager
+def _naming(what: str) -> Iterator[None]:
+    """Turn an OS or SQLite failure inside into a :class:`StartupError` naming ``what``."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as exc:
+        raise StartupError(f"cannot open {what}: {exc}") from None
+
+
 async def open_gateway(settings: Settings, db_path: str, calls: BackendCalls) -> Gateway:
     """Open everything a gateway needs for ``settings``, its store at ``db_path``.
 
-    Raises what opening the store raises (the store closes itself then), or
-    OSError when the reasoning key file can be neither read nor made; the
+    Raises :class:`StoreInUse` (another process has the store), :class:`StartupError` naming
+    the store, cache or key file that cannot be opened (what was opened is closed again); the
     registry's first discovery never raises (unreachable endpoints are recorded).
     """
-    seal = ReasoningSeal(load_or_create_key(settings.reasoning_encryption_key, db_path))
-    store = await ResponseStore(db_path).open()
+    with _naming(f"the reasoning key beside the store {db_path}"):
+        seal = ReasoningSeal(load_or_create_key(settings.reasoning_encryption_key, db_path))
+    with _naming(f"the store {db_path} (db_path)"):
+        store = await ResponseStore(db_path).open()
     registry: Registry | None = None
     try:
         moved = await store.reassign_owners({key_tag(key): tag for key, tag in settings.key_owners.items()
@@ -118,10 +136,37 @@ async def open_gateway(settings: Settings, db_path: str, calls: BackendCalls) ->
         registry = Registry(settings)
         watch_in_flight(lambda: dict(registry.usage))
         await registry.start()
-        cache = await open_llm_cache(settings)
+        with _naming(f"the response cache {settings.cache_db_path} (cache_db_path)"
+                     if settings.cache_backend == "sqlite" else "the response cache"):
+            cache = await open_llm_cache(settings)
+        _log_summary(settings, db_path, registry, cache)
     except BaseException:
         if registry is not None:
             await registry.close()
         await store.close()
         raise
     return Gateway(settings=settings, store=store, registry=registry, cache=cache, calls=calls, seal=seal)
+
+
+def _log_summary(settings: Settings, db_path: str, registry: Registry, cache: LLMCache | None) -> None:
+    """What was loaded, one line each: the config file, every endpoint (reachable or why not,
+    and its models), the store, the cache, authentication and the main limits."""
+    log.info("config: %s", os.environ.get("NOMYO_ROUTER_CONFIG_PATH") or "config.yaml (or defaults)")
+    for ep in registry.endpoints.values():
+        if ep.reachable:
+            log.info("endpoint %s (%s): reachable, models: %s", ep.url, ep.kind, ", ".join(sorted(ep.models)) or "none")
+        else:
+            log.warning("endpoint %s (%s): NOT reachable: %s", ep.url, ep.kind, ep.last_error)
+    if not registry.endpoints:
+        log.warning("no endpoints are configured: every model request will be a 404")
+    log.info("store: %s", db_path)
+    log.info("cache: %s", f"{settings.cache_backend} ({settings.cache_db_path})" if cache is not None and
+             settings.cache_backend == "sqlite" else settings.cache_backend if cache is not None else "off")
+    tenants = len(settings.tenants)
+    keys = len(settings.router_api_keys)
+    log.info("auth: %s; admin key %s", f"{keys} key(s), {tenants} named tenant(s)" if keys else
+             "OFF (no router key: anyone who reaches the port is served)",
+             "set" if settings.admin_api_key else "not set")
+    log.info("limits: max_concurrent_connections %d per endpoint and model, queue_timeout %gs, "
+             "request_timeout %gs, max_body_bytes %d, max_background_jobs %d", settings.max_concurrent_connections,
+             settings.queue_timeout, settings.request_timeout, settings.max_body_bytes, settings.max_background_jobs)
