@@ -7,18 +7,20 @@ any string of the file is replaced by the environment variable ``NAME``.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict,
+                               SettingsError)
 
-__all__ = ["Settings", "ConfigError", "load_settings"]
+__all__ = ["Settings", "ConfigError", "load_settings", "masked", "key_tag", "tenant_tag"]
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -191,7 +193,38 @@ class Settings(BaseSettings):
                                    dotenv_settings: PydanticBaseSettingsSource,
                                    file_secret_settings: PydanticBaseSettingsSource):
         # The environment overrides the file (which arrives as init arguments).
-        return env_settings, init_settings
+        return _Environment(settings_cls), init_settings
+
+
+class _Environment(EnvSettingsSource):
+    """``NOMYO_ROUTER_<KEY>`` variables. A list key takes JSON or a plain comma list
+    (``NOMYO_ROUTER_ENDPOINTS=http://a:11434,http://b:11434``); a mapping key takes JSON."""
+
+    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            if get_origin(field.annotation) is list or "list[" in str(field.annotation):
+                return [part.strip() for part in str(value).split(",") if part.strip()]
+            raise ValueError(f"NOMYO_ROUTER_{field_name.upper()} must be JSON (a mapping), "
+                             f"for example '{{\"key\": \"value\"}}'") from None
+
+
+def masked(settings: Settings) -> dict:
+    """The effective configuration as plain data, every secret (router, tenant, admin and
+    endpoint keys, the reasoning key) shown as ``***`` and its last 4 characters."""
+    def mask(secret: Any) -> Any:
+        if isinstance(secret, list):
+            return [mask(s) for s in secret]
+        return None if secret is None else "***" + str(secret)[-4:] if len(str(secret)) > 8 else "***"
+
+    data = settings.model_dump(mode="json")
+    data["router_api_key"] = mask(data["router_api_key"])
+    data["admin_api_key"] = mask(data["admin_api_key"])
+    data["reasoning_encryption_key"] = mask(data["reasoning_encryption_key"])
+    data["api_keys"] = {url: mask(key) for url, key in data["api_keys"].items()}
+    data["tenants"] = {name: {"keys": mask(t["keys"])} for name, t in data["tenants"].items()}
+    return data
 
 
 def key_tag(key: str) -> str:
@@ -246,6 +279,29 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
         # A key left empty in the file (only comments under it) means its default.
         return Settings(**{k: v for k, v in _expand(data).items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '?'}: {err['msg']}"
-                             for err in exc.errors())
+        problems = "; ".join(_problem(err) for err in exc.errors())
         raise ConfigError(f"{file}: invalid configuration: {problems}") from None
+    except SettingsError as exc:
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"invalid environment override: {cause}") from None
+
+
+def _known_keys() -> list[str]:
+    names = []
+    for name, field in Settings.model_fields.items():
+        names.append(name)
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names += [choice for choice in alias.choices if isinstance(choice, str)]
+    return names
+
+
+def _problem(err: dict) -> str:
+    """One validation error as ``key: message``, with a "did you mean" for an unknown key."""
+    where = ".".join(str(p) for p in err["loc"]) or "?"
+    if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+        close = difflib.get_close_matches(str(err["loc"][0]), _known_keys(), n=1, cutoff=0.6)
+        if close:
+            return f"{where}: not a configuration key (did you mean {close[0]!r}?)"
+        return f"{where}: not a configuration key"
+    return f"{where}: {err['msg']}"

@@ -1,4 +1,5 @@
-"""Run the gateway: ``python serve.py [--host HOST] [--port PORT] [--config FILE]``.
+"""Run the gateway: ``python serve.py [--host HOST] [--port PORT] [--config FILE]``;
+``python serve.py --check-config`` validates the configuration and prints it, secrets masked.
 
 uvicorn serving ``router:app`` with the connection bounds of the configuration:
 
@@ -27,9 +28,10 @@ import sys
 from typing import Any
 
 import uvicorn
+import yaml
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from config import ConfigError, Settings, load_settings
+from config import ConfigError, Settings, load_settings, masked
 
 __all__ = ["bounded_protocol", "main"]
 
@@ -110,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=12434, help="port to listen on (default 12434)")
     parser.add_argument("--config", help="the config file (else NOMYO_ROUTER_CONFIG_PATH, else ./config.yaml)")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration, print it (secrets masked) and exit")
     parser.add_argument("--no-access-log", action="store_true",
                         help="no summary line per request (log_requests: false)")
     args = parser.parse_args(argv)
@@ -122,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"nomyo-router: {exc}", file=sys.stderr)
         return 2
+    if args.check_config:
+        print(yaml.safe_dump(masked(settings), sort_keys=True), end="")
+        return 0
     # The gateway logs each request itself (with its id, models and tokens): uvicorn's line would repeat it.
     config = uvicorn_config(settings, args.host, args.port, access_log=False)
     server = uvicorn.Server(config)

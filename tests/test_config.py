@@ -81,3 +81,49 @@ def test_an_empty_router_key_is_an_error_not_auth_off(tmp_path, monkeypatch, tex
 
 def test_no_key_at_all_means_no_authentication(tmp_path):
     assert load_settings(_write(tmp_path, "endpoints: []\n")).router_api_keys == []
+
+
+def test_a_list_key_takes_a_plain_comma_list_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("NOMYO_ROUTER_ENDPOINTS", "http://a:11434, http://b:11434/")
+    monkeypatch.setenv("NOMYO_ROUTER_LLAMA_SERVER_ENDPOINTS", '["http://l:8080/v1"]')     # JSON still works
+    monkeypatch.setenv("NOMYO_ROUTER_ALLOWED_HOSTS", "gateway.internal")
+    s = load_settings(_write(tmp_path, "{}\n"))
+    assert s.endpoints == ["http://a:11434", "http://b:11434"]
+    assert s.llama_server_endpoints == ["http://l:8080/v1"] and s.allowed_hosts == ["gateway.internal"]
+
+
+def test_a_mapping_key_from_the_environment_that_is_not_json_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("NOMYO_ROUTER_MODEL_ALIASES", "gpt-5=qwen3")
+    with pytest.raises(ConfigError, match="NOMYO_ROUTER_MODEL_ALIASES must be JSON"):
+        load_settings(_write(tmp_path, "{}\n"))
+
+
+@pytest.mark.parametrize("typo, meant", [("max_conncurent_connections", "max_concurrent_connections"),
+                                         ("endpoint", "endpoints"), ("nomyo-router-apikey", "nomyo-router-api-key")])
+def test_a_misspelt_key_gets_a_did_you_mean(tmp_path, typo, meant):
+    with pytest.raises(ConfigError, match=f"did you mean '{meant}'"):
+        load_settings(_write(tmp_path, f"{typo}: 1\n"))
+
+
+def test_check_config_prints_the_effective_config_with_secrets_masked(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+    from pathlib import Path
+    path = _write(tmp_path, "endpoints: [http://a:11434]\nnomyo-router-api-key: router-secret-1234\n"
+                            "admin_api_key: admin-secret-5678\napi_keys: {http://a:11434: upstream-secret-9012}\n"
+                            "tenants: {team: {keys: [tenant-secret-3456]}}\n")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "serve.py", "--config", str(path), "--check-config"], cwd=root,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for secret in ("router-secret", "admin-secret", "upstream-secret", "tenant-secret"):
+        assert secret not in done.stdout
+    shown = yaml.safe_load(done.stdout)
+    assert shown["endpoints"] == ["http://a:11434"] and shown["max_body_bytes"] == 32 * 1024 * 1024
+    assert shown["router_api_key"] == "***1234" and shown["tenants"]["team"]["keys"] == ["***3456"]
+    bad = _write(tmp_path, "max_body_bytes: 1\n")
+    refused = subprocess.run([sys.executable, "serve.py", "--config", str(bad), "--check-config"], cwd=root,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "max_body_bytes" in refused.stderr and not refused.stdout

@@ -50,7 +50,8 @@ async def test_health_recovers_when_the_backend_comes_back(app_factory):
     url = f"http://127.0.0.1:{port}"
     async with app_factory(endpoints=[url], connect_timeout=1) as http:
         assert (await http.get("/health")).status_code == 503
-        assert (await http.post("/v1/responses", json={"model": "tiny", "input": "x"})).status_code == 502  # nothing to ask: not "no such model"
+        unreachable = await http.post("/v1/responses", json={"model": "tiny", "input": "x"})
+        assert unreachable.status_code == 502                  # nothing to ask: not "no such model"
         with OllamaTestServer(models=["tiny:latest"], port=port):
             reply = await http.get("/health")
             assert reply.status_code == 200 and reply.json()["endpoints"][0]["reachable"] is True
