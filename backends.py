@@ -90,16 +90,20 @@ def _model_names(ep: Endpoint, listing: Any, key: str, fields: tuple[str, ...]) 
     return names
 
 
+def _endpoints_of(settings: Settings) -> dict[str, Endpoint]:
+    endpoints = {url: _endpoint_from_config(url, "ollama", settings) for url in settings.endpoints}
+    endpoints.update((url, _endpoint_from_config(url, "llama_server", settings))
+                     for url in settings.llama_server_endpoints)
+    return endpoints
+
+
 class Registry:
     """The endpoints, their discovered models, usage counters and pooled clients."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.endpoints: dict[str, Endpoint] = {}
-        for url in settings.endpoints:
-            self.endpoints[url] = _endpoint_from_config(url, "ollama", settings)
-        for url in settings.llama_server_endpoints:
-            self.endpoints[url] = _endpoint_from_config(url, "llama_server", settings)
+        self.endpoints: dict[str, Endpoint] = _endpoints_of(settings)
+        self._retired: list[Any] = []
         self.usage: dict[tuple[str, str], int] = {}
         self._clients: dict[str, openai.AsyncOpenAI] = {}
         self._slot_freed = asyncio.Condition()
@@ -158,12 +162,32 @@ class Registry:
             await asyncio.sleep(self.settings.discovery_ttl)
             await self.refresh_all()
 
+    async def reconfigure(self, settings: Settings) -> None:
+        """Take new ``settings`` (a reload): endpoints added are discovered, endpoints removed
+        take no new requests (those in flight finish), changed ones get new clients; limits and
+        timeouts apply to requests from now on."""
+        fresh = _endpoints_of(settings)
+        for url, ep in fresh.items():
+            old = self.endpoints.get(url)
+            if old is not None and (old.kind, old.base_url, old.native, old.api_key) == \
+                    (ep.kind, ep.base_url, ep.native, ep.api_key):
+                fresh[url] = old
+        timeouts = (settings.connect_timeout, settings.request_timeout)
+        same_timeouts = timeouts == (self.settings.connect_timeout, self.settings.request_timeout)
+        kept = {url for url, ep in fresh.items() if ep is self.endpoints.get(url) and same_timeouts}
+        for url in set(self._clients) - kept:
+            self._retired.append(self._clients.pop(url))  # may still be in use: closed with the registry
+        self.settings, self.endpoints = settings, fresh
+        async with self._slot_freed:
+            self._slot_freed.notify_all()  # a larger max_concurrent_connections frees waiters
+        await self.refresh_all()
+
     async def close(self) -> None:
         """Stop the refresher and close every pooled client."""
         if self._refresher is not None:
             self._refresher.cancel()
         await self._http.aclose()
-        for client in self._clients.values():
+        for client in [*self._clients.values(), *self._retired]:
             await client.close()
 
     # routing -----------------------------------------------------------------

@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     #: first byte), and its whole body; past either the connection is closed (headers) or answered 408.
     header_timeout: float = Field(10, gt=0)
     body_timeout: float = Field(60, gt=0)
+    #: Seconds open streams and answers get to finish after SIGTERM (``serve.py``); then each
+    #: ends with ``error`` + ``response.failed`` (stored failed) and the process exits.
+    shutdown_grace: float = Field(10, ge=0)
     #: Open client connections (``serve.py``); past it new connections are closed at once.
     max_connections: int = Field(1024, ge=1)
     #: Seconds an idle client connection is kept open; above the 5 s after which the OpenAI SDKs'

@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import sys
-from typing import Any
+import threading
+from typing import Any, Iterator
 
 import uvicorn
 import yaml
@@ -33,7 +36,9 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from config import ConfigError, Settings, load_settings, masked
 
-__all__ = ["bounded_protocol", "main"]
+__all__ = ["bounded_protocol", "uvicorn_config", "GatewayServer", "main"]
+
+log = logging.getLogger("nomyo_router.serve")
 
 
 def bounded_protocol(base: type[asyncio.Protocol], header_timeout: float, max_connections: int) -> type:
@@ -103,7 +108,81 @@ def uvicorn_config(settings: Settings, host: str, port: int, **options: Any) -> 
     return uvicorn.Config("router:app", host=host, port=port,
                           http=bounded_protocol(AutoHTTPProtocol, settings.header_timeout, settings.max_connections),
                           limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive_timeout,
-                          **options)
+                          # the grace, then the runs end themselves: a little more for their last events
+                          timeout_graceful_shutdown=settings.shutdown_grace + 5, **options)
+
+
+def _gateway() -> Any:
+    """The running app's gateway (None before start-up finished)."""
+    import router
+    return getattr(router.app.state, "gateway", None)
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server with the gateway's lifecycle: on SIGTERM (or SIGINT) it stops accepting,
+    gives running turns ``shutdown_grace`` seconds, then ends them (``Gateway.stop_runs``) so
+    every stream gets its ``response.failed``; on SIGHUP it reloads the configuration (a bad one
+    is logged and the old one kept)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+                yield
+                return
+            loop = asyncio.get_running_loop()
+            self._loop = loop
+            previous = signal.signal(signal.SIGHUP, lambda *_: loop.call_soon_threadsafe(self._reload_soon))
+            try:
+                yield
+            finally:
+                signal.signal(signal.SIGHUP, previous)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """A second SIGTERM/SIGINT ends the running turns at once (each still gets its
+        ``response.failed``) instead of waiting out the grace."""
+        if self.should_exit and getattr(self, "_loop", None) is not None:
+            self._loop.call_soon_threadsafe(self._stop_runs_now)
+        super().handle_exit(sig, frame)
+
+    def _stop_runs_now(self) -> None:
+        gateway = _gateway()
+        if gateway is not None:
+            log.warning("shutdown: stopping %d running response(s) now", gateway.stop_runs())
+
+    def _reload_soon(self) -> None:
+        self._reloading = asyncio.get_running_loop().create_task(self._reload())
+
+    async def _reload(self) -> None:
+        gateway = _gateway()
+        if gateway is None:
+            return
+        try:
+            settings = load_settings()
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            return
+        await gateway.reload(settings)
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        gateway = _gateway()
+        stopper = None
+        if gateway is not None:
+            async def stop_after_grace() -> None:
+                await asyncio.sleep(gateway.settings.shutdown_grace)
+                stopped = gateway.stop_runs()
+                if stopped:
+                    log.warning("shutdown: %d response(s) still running after %gs were stopped and stored "
+                                "as failed", stopped, gateway.settings.shutdown_grace)
+            if gateway.runs:
+                log.info("shutdown: waiting up to %gs for %d running response(s)", gateway.settings.shutdown_grace,
+                         len(gateway.runs))
+            stopper = asyncio.get_running_loop().create_task(stop_after_grace())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if stopper is not None:
+                stopper.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # The gateway logs each request itself (with its id, models and tokens): uvicorn's line would repeat it.
     config = uvicorn_config(settings, args.host, args.port, access_log=False)
-    server = uvicorn.Server(config)
+    server = GatewayServer(config)
     logging.getLogger("uvicorn.error").addFilter(_StartupFailureInOneLine())
     server.run()
     return 0 if server.started else 3

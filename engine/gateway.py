@@ -24,6 +24,7 @@ from db import ResponseStore
 from engine.jobs import JobManager
 from engine.turn import ChainBounds
 from engine.upstream import BackendCalls
+from logs import configure_logging
 from metrics import watch_in_flight
 from reasoning_seal import ReasoningSeal, load_or_create_key
 
@@ -47,9 +48,34 @@ class Gateway:
     jobs: JobManager = field(init=False)
     #: Store writes that failed and are tried again, by response id.
     retrying: dict[str, asyncio.Task] = field(init=False, default_factory=dict)
+    #: Turns running now (``engine.runner.TurnRun``), foreground and background.
+    runs: set = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self.jobs = JobManager(self)
+
+    def stop_runs(self) -> int:
+        """End every running turn now (the gateway is stopping): streams end with ``error`` +
+        ``response.failed``, whole answers with a 503, each stored as failed. Returns how many."""
+        runs = list(self.runs)
+        for run in runs:
+            run.stop("shutdown")
+        return len(runs)
+
+    async def reload(self, settings: Settings) -> None:
+        """Take new ``settings`` without dropping requests in flight: keys, tenants, hosts,
+        origins, endpoints, limits, aliases and logging apply from the next request on. What
+        the running process cannot change (the store, the cache, the reasoning key) keeps its
+        old value, with a warning."""
+        fixed = [key for key in _RESTART_ONLY if getattr(settings, key) != getattr(self.settings, key)]
+        if fixed:
+            log.warning("reload: %s need(s) a restart; the old value is kept", ", ".join(fixed))
+            settings = settings.model_copy(update={key: getattr(self.settings, key) for key in fixed})
+        await self.registry.reconfigure(settings)
+        self.settings = settings
+        configure_logging(settings.log_level, settings.log_format)
+        log.info("reload: configuration taken (%d endpoint(s), %d key(s))", len(self.registry.endpoints),
+                 len(settings.router_api_keys))
 
     def retry_later(self, response_id: str, write: Callable[[], Awaitable[Any]]) -> None:
         """Try ``write`` again (after 0.5 s, then twice as long each time, at most 30 s apart)
@@ -98,6 +124,11 @@ class Gateway:
                     await self.cache.close()
             finally:
                 await self.store.close()
+
+
+#: Settings a running gateway keeps until it restarts.
+_RESTART_ONLY = ("db_path", "cache_enabled", "cache_backend", "cache_db_path", "cache_ttl", "cache_max_entries",
+                 "reasoning_encryption_key")
 
 
 class StartupError(RuntimeError):

@@ -96,6 +96,7 @@ class TurnRun:
         self.stopping: str | None = None
         self._cache_write: Callable[[dict], Awaitable[None]] | None = None
         self._settling: asyncio.Future | None = None
+        self._task: asyncio.Task | None = None
         #: Why the final state could not be recorded (None: it was, or nothing was to be).
         self.record_error: Exception | None = None
 
@@ -157,10 +158,30 @@ class TurnRun:
             await save(self.gateway, self.turn, self.turn.response("in_progress", completed_at=None))
             self.row_written = True
 
+    def _running(self) -> None:
+        self._task = asyncio.current_task()
+        self.gateway.runs.add(self)
+
+    def stop(self, why: str = "shutdown") -> None:
+        """End the run now, from outside (the gateway is stopping): a stream ends with
+        ``error`` + ``response.failed``, a whole answer with a 503; stored as failed."""
+        if self._settling is None and self._task is not None:
+            self.stopping = why
+            self._task.cancel()
+
+    def _stopped(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is :meth:`stop`'s cancellation (taken back: the run ends itself)."""
+        if isinstance(exc, asyncio.CancelledError) and self.stopping == "shutdown" and self._settling is None:
+            asyncio.current_task().uncancel()
+            return True
+        return False
+
     async def answer(self) -> dict:
         """Run a non-streamed turn; return its final Response object (recorded).
         Raises what opening the upstream raised (the turn is then recorded as failed
-        only where its row exists: a background turn)."""
+        only where its row exists: a background turn), APIError 503 ``server_shutting_down``
+        when :meth:`stop` ended it."""
+        self._running()
         error: BaseException | None = None
         try:
             if self.upstream is None:
@@ -174,6 +195,10 @@ class TurnRun:
                 raise TypeError(f"a streamed upstream answer ({type(result).__name__}) for a whole turn")
         except BaseException as exc:
             error = exc
+            if self._stopped(exc):
+                await self.settle(exc)
+                raise APIError(503, "The gateway is shutting down; this response was stopped and stored as failed.",
+                               code="server_shutting_down", type="server_error") from None
             raise
         finally:
             await self.settle(error)
@@ -196,7 +221,8 @@ class TurnRun:
         """Run a streamed turn: yield batches of stamped events ending in exactly one
         terminal event (``error`` + ``response.failed`` when the upstream fails).
         Closing the generator early (a follower gone) or cancelling it settles the
-        run as ``cancelled``."""
+        run as ``cancelled``; :meth:`stop` ends it with ``error`` + ``response.failed``."""
+        self._running()
         error: Exception | None = None
         try:
             if self.upstream is None:
@@ -216,7 +242,10 @@ class TurnRun:
         except Exception as exc:
             error = exc
         except BaseException as exc:
-            await self.settle(exc)
+            closing = await self.settle(exc)
+            if self._stopped_stream(exc):
+                yield closing
+                return
             raise
         closing = await self.settle(error)  # recorded before the terminal event goes out
         if error is None:
@@ -229,6 +258,15 @@ class TurnRun:
         message = f"The response could not be stored: {self.record_error}."
         return {**self.final, "status": "failed", "completed_at": None,
                 "error": {"code": "server_error", "message": message}}
+
+    def _stopped_stream(self, exc: BaseException) -> bool:
+        """Whether a stream's end was :meth:`stop` (its closing events still go out)."""
+        if isinstance(exc, asyncio.CancelledError) and self.stopping == "shutdown":
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                task.uncancel()
+            return True
+        return False
 
     def _unrecorded(self, finished: list[Event]) -> list[Event]:
         """``finished`` with its terminal event replaced by ``error`` + ``response.failed``:
@@ -246,11 +284,10 @@ class TurnRun:
             return translator.final, []
         if self.answered is not None:
             return self.answered, []
-        if error is None or isinstance(error, _CANCELLED):
-            if self.stopping == "shutdown":
-                final = turn.response("failed", completed_at=None, error={
-                    "code": "server_error", "message": "The gateway shut down before this response finished."})
-            elif translator is not None:
+        if self.stopping == "shutdown" and (error is None or isinstance(error, _CANCELLED)):
+            error = APIError(503, "The gateway shut down before this response finished.", type="server_error")
+        elif error is None or isinstance(error, _CANCELLED):
+            if translator is not None:
                 final = translator.snapshot("cancelled", completed_at=None)
             else:
                 final = turn.response("cancelled", completed_at=None)
@@ -291,6 +328,7 @@ class TurnRun:
     async def _close_and_record(self, *, answered: bool) -> None:
         """Never raises: a store that cannot be written is logged, and the run's closing
         events still reach its followers."""
+        self.gateway.runs.discard(self)
         try:
             if self.upstream is not None:
                 await self.upstream.close()
