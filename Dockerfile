@@ -6,7 +6,7 @@ RUN useradd --create-home --uid 10001 nomyo
 
 # Dependencies first (the same `pip install .` as the README and CI use).
 COPY pyproject.toml ./
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir . && rm -rf build ./*.egg-info
 
 COPY serve.py logs.py router.py preflight.py chat_client.py reasoning_seal.py config.py errors.py metrics.py backends.py db.py cache.py config.yaml ./
 COPY api ./api
@@ -16,12 +16,16 @@ COPY requests ./requests
 RUN mkdir -p /app/data && chown nomyo:nomyo /app/data
 USER nomyo
 
+# Every file the gateway writes lives on the data volume (the store, its lock and reasoning key, the cache).
 ENV NOMYO_ROUTER_CONFIG_PATH=/app/config.yaml \
-    NOMYO_ROUTER_DB_PATH=/app/data/nomyo-router.db
+    NOMYO_ROUTER_DB_PATH=/app/data/nomyo-router.db \
+    NOMYO_ROUTER_CACHE_DB_PATH=/app/data/cache.db
 VOLUME ["/app/data"]
 EXPOSE 12434
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:12434/health/live', timeout=4)"
 
+# serve.py: one summary line per request, SIGTERM gives running responses shutdown_grace (10 s).
+STOPSIGNAL SIGTERM
 CMD ["python", "serve.py", "--host", "0.0.0.0", "--port", "12434"]

@@ -53,14 +53,22 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NOMYO_ROUTER_", extra="forbid",
                                       populate_by_name=True)
 
+    #: Ollama endpoints (``http://host:11434``); one ending in ``/v1`` is taken as any
+    #: OpenAI-compatible server (vLLM, ...), and ``https://api.openai.com/v1`` as OpenAI itself.
     endpoints: list[str] = Field(default_factory=lambda: ["http://localhost:11434"])
+    #: llama.cpp ``llama-server`` endpoints (``http://host:8080/v1``).
     llama_server_endpoints: list[str] = Field(default_factory=list)
+    #: Endpoints that serve the Responses API themselves: requests go to them untranslated.
     native_responses_endpoints: list[str] = Field(default_factory=list)
+    #: Requests in flight per endpoint and model; more wait up to ``queue_timeout``.
     max_concurrent_connections: int = Field(1, ge=1)
+    #: The key sent to each endpoint that needs one: ``{"https://api.openai.com/v1": "${OPENAI_KEY}"}``.
     api_keys: dict[str, str] = Field(default_factory=dict)
     #: Named tenants and their keys: ``{"team-a": {"keys": ["k1", "k2"]}}``. A tenant's stored
     #: responses belong to its name, so adding or rotating its keys keeps its history.
     tenants: dict[str, Tenant] = Field(default_factory=dict)
+    #: The key (or keys) clients must send; each plain key is a tenant of its own. Unset: no
+    #: authentication (see ``tenants`` for named tenants).
     router_api_key: str | list[str] | None = Field(
         None, validation_alias=AliasChoices("nomyo-router-api-key", "router_api_key",
                                             "NOMYO_ROUTER_API_KEY"))
@@ -73,23 +81,34 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     #: One summary line per request (id, tenant, route, models, endpoint, status, latency, tokens).
     log_requests: bool = True
+    #: The exact-match response cache, for requests that opt in with ``"nomyo": {"cache": true}``.
     cache_enabled: bool = False
+    #: Where cached answers live: in memory, or in the SQLite file ``cache_db_path``.
     cache_backend: Literal["memory", "sqlite"] = "memory"
+    #: Seconds a cached answer is served.
     cache_ttl: float = Field(3600, gt=0)
+    #: Cached answers kept (the oldest go first).
     cache_max_entries: int = Field(10_000, ge=1)
+    #: The SQLite file of ``cache_backend: sqlite``.
     cache_db_path: str = "./cache.db"
+    #: The response store (SQLite); ``NOMYO_ROUTER_DB_PATH`` overrides it. One process per store.
     db_path: str = "./nomyo-router.db"
     #: Seconds the backend may stay silent: before its answer starts, and between stream chunks.
     request_timeout: float = Field(600, gt=0)
     #: Seconds one whole upstream call may take, its stream included, however steadily it trickles.
     upstream_deadline: float = Field(1800, gt=0)
+    #: Seconds to reach a backend; also bounds each endpoint's model discovery.
     connect_timeout: float = Field(10, gt=0)
+    #: Seconds a request waits for a free slot (``max_concurrent_connections``) before a 429.
     queue_timeout: float = Field(300, ge=0)
+    #: Seconds between model discoveries of every endpoint.
     discovery_ttl: float = Field(30, ge=1)
+    #: The largest request body; past it a 413.
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
-    #: Seconds a client has to send a request's headers (from connecting, or from the request's
-    #: first byte), and its whole body; past either the connection is closed (headers) or answered 408.
+    #: Seconds a client has to send a request's headers, from connecting or from the request's
+    #: first byte; past it the connection is closed (``serve.py``).
     header_timeout: float = Field(10, gt=0)
+    #: Seconds a client has to send a whole request body; past it a 408.
     body_timeout: float = Field(60, gt=0)
     #: Seconds open streams and answers get to finish after SIGTERM (``serve.py``); then each
     #: ends with ``error`` + ``response.failed`` (stored failed) and the process exits.
@@ -99,10 +118,13 @@ class Settings(BaseSettings):
     #: Seconds an idle client connection is kept open; above the 5 s after which the OpenAI SDKs'
     #: pools drop theirs, so a client never reuses a connection the gateway is closing.
     keep_alive_timeout: float = Field(30, gt=0)
+    #: Items one request's ``input`` may have; past it a 400.
     max_input_items: int = Field(4096, ge=1)
-    #: What one request may load of its previous_response_id chain: bytes of item JSON, and items.
-    #: Past either, the request is a 400 (or, with ``truncation: "auto"``, the oldest turns are left out).
+    #: What one request may load of its previous_response_id chain, in bytes of item JSON.
+    #: Past it (or ``max_chain_items``) the request is a 400, or with ``truncation: "auto"`` the
+    #: oldest turns are left out.
     max_chain_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    #: Items one request may load of its chain (see ``max_chain_bytes``).
     max_chain_items: int = Field(10_000, ge=1)
     #: ``Host`` names (and addresses) the gateway answers to; ``"*"``: any. Unset: any when a
     #: router key is set, else only loopback names and the address a client reached (so a web

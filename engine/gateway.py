@@ -67,7 +67,7 @@ class Gateway:
         origins, endpoints, limits, aliases and logging apply from the next request on. What
         the running process cannot change (the store, the cache, the reasoning key) keeps its
         old value, with a warning."""
-        fixed = [key for key in _RESTART_ONLY if getattr(settings, key) != getattr(self.settings, key)]
+        fixed = [key for key in RESTART_ONLY if getattr(settings, key) != getattr(self.settings, key)]
         if fixed:
             log.warning("reload: %s need(s) a restart; the old value is kept", ", ".join(fixed))
             settings = settings.model_copy(update={key: getattr(self.settings, key) for key in fixed})
@@ -126,9 +126,9 @@ class Gateway:
                 await self.store.close()
 
 
-#: Settings a running gateway keeps until it restarts.
-_RESTART_ONLY = ("db_path", "cache_enabled", "cache_backend", "cache_db_path", "cache_ttl", "cache_max_entries",
-                 "reasoning_encryption_key")
+#: Settings a running gateway keeps until it restarts (the last three are the HTTP server's).
+RESTART_ONLY = ("db_path", "cache_enabled", "cache_backend", "cache_db_path", "cache_ttl", "cache_max_entries",
+                "reasoning_encryption_key", "header_timeout", "max_connections", "keep_alive_timeout")
 
 
 class StartupError(RuntimeError):

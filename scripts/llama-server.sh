@@ -5,7 +5,7 @@
 # Usage: scripts/llama-server.sh
 #
 # stdout: exactly one line, the absolute path of a working llama-server binary.
-# stderr: progress and build logs.
+# stderr: progress lines (the build log goes to a file whose path is printed).
 #
 # Environment:
 #   NOMYO_LLAMA_CACHE       cache root (default: $HOME/.cache/nomyo-router)
@@ -83,6 +83,17 @@ fetch_sources() {
 # build_server SRC BUILD: configure and build the llama-server target.
 build_server() {
     local src="$1" build="$2"
+    local build_log="${DEST_DIR}/build.log"
+    : > "$build_log"
+    log "building llama-server (6 to 25 minutes, once); its build log: ${build_log}"
+    if ! configure_and_build "$src" "$build" >>"$build_log" 2>&1; then
+        tail -n 40 "$build_log" >&2
+        die "the llama-server build failed; the whole log is ${build_log}"
+    fi
+}
+
+configure_and_build() {
+    local src="$1" build="$2"
     log "configuring (cmake) in ${build}"
     cmake -S "$src" -B "$build" \
         -DCMAKE_BUILD_TYPE=Release \
@@ -105,9 +116,9 @@ build_server() {
         -DGGML_WEBGPU=OFF \
         -DGGML_BLAS=OFF \
         -DGGML_RPC=OFF \
-        -DGGML_CCACHE=OFF >&2
+        -DGGML_CCACHE=OFF
     log "building llama-server with -j${JOBS}"
-    cmake --build "$build" --config Release --target llama-server -j "$JOBS" >&2
+    cmake --build "$build" --config Release --target llama-server -j "$JOBS"
 }
 
 main() {
