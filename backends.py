@@ -23,6 +23,7 @@ import orjson
 
 from chat_client import KEEPALIVE_EXPIRY, ChatClient, ChatStream, ConnectFailed, upstream_error
 from config import Settings
+from metrics import QUEUE_SECONDS
 from errors import APIError, BackendStreamError, BackendTimeout, BackendUnavailable  # noqa: F401 (re-exported)
 
 __all__ = [
@@ -105,6 +106,8 @@ class Registry:
         self.endpoints: dict[str, Endpoint] = _endpoints_of(settings)
         self._retired: list[Any] = []
         self.usage: dict[tuple[str, str], int] = {}
+        #: Requests waiting for a slot now, by model asked.
+        self.queued: dict[str, int] = {}
         self._clients: dict[str, openai.AsyncOpenAI] = {}
         self._slot_freed = asyncio.Condition()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(settings.connect_timeout * 2,
@@ -240,36 +243,59 @@ class Registry:
                                code="backend_unavailable", type="server_error")
             raise APIError(404, f"The model '{model}' does not exist or is not served by any endpoint.",
                            param="model", code="model_not_found")
-        limit = self.settings.max_concurrent_connections
-        usage = self.usage
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.queue_timeout
+        started = loop.time()
         async with self._slot_freed:
-            while True:
-                best = None
-                for order, (ep, name) in enumerate(cands):
-                    used = usage.get((ep.url, name), 0)
-                    if used >= limit:
-                        continue
-                    rank = (ep.reachable is False, name not in ep.loaded, used, order)
-                    if best is None or rank < best[0]:
-                        best = (rank, ep.url, name)
-                if best is not None:
-                    key = (best[1], best[2])
-                    usage[key] = usage.get(key, 0) + 1
-                    return key
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise APIError(429, f"Every endpoint serving '{model}' is at its concurrency limit.",
-                                   code="all_endpoints_busy", type="rate_limit_error")
+            key = self._free_slot(cands)
+            if key is None:
+                self.queued[model] = self.queued.get(model, 0) + 1
                 try:
-                    async with asyncio.timeout(remaining):
-                        await self._slot_freed.wait()
-                except TimeoutError:
-                    pass
-                except asyncio.CancelledError:
-                    self._slot_freed.notify()  # pass a wake-up this waiter may have taken on
-                    raise
+                    key = await self._wait_for_slot(cands, model, started + self.settings.queue_timeout)
+                finally:
+                    self.queued[model] -= 1
+                    if not self.queued[model]:
+                        del self.queued[model]
+        QUEUE_SECONDS.labels(model).observe(loop.time() - started)
+        return key
+
+    def _free_slot(self, cands: list[tuple[Endpoint, str]]) -> tuple[str, str] | None:
+        """Take a slot on the best candidate with one free (reachable, loaded, least busy
+        first); None when all are at ``max_concurrent_connections``. Holds ``_slot_freed``."""
+        limit, usage = self.settings.max_concurrent_connections, self.usage
+        best = None
+        for order, (ep, name) in enumerate(cands):
+            used = usage.get((ep.url, name), 0)
+            if used >= limit:
+                continue
+            rank = (ep.reachable is False, name not in ep.loaded, used, order)
+            if best is None or rank < best[0]:
+                best = (rank, ep.url, name)
+        if best is None:
+            return None
+        key = (best[1], best[2])
+        usage[key] = usage.get(key, 0) + 1
+        return key
+
+    async def _wait_for_slot(self, cands: list[tuple[Endpoint, str]], model: str, deadline: float) -> tuple[str, str]:
+        """Wait (holding ``_slot_freed``) until a slot frees, until the loop time ``deadline``;
+        raises APIError 429 ``all_endpoints_busy`` then."""
+        loop = asyncio.get_running_loop()
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise APIError(429, f"Every endpoint serving '{model}' is at its concurrency limit.",
+                               code="all_endpoints_busy", type="rate_limit_error")
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._slot_freed.wait()
+            except TimeoutError:
+                pass
+            except asyncio.CancelledError:
+                self._slot_freed.notify()  # pass a wake-up this waiter may have taken on
+                raise
+            key = self._free_slot(cands)
+            if key is not None:
+                return key
 
     async def release(self, endpoint: str, model: str) -> None:
         """Give a usage slot back and wake the waiters (those of every model: each checks

@@ -13,8 +13,9 @@ from typing import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-__all__ = ["REGISTRY", "REQUESTS", "REQUEST_SECONDS", "BACKEND_ERRORS", "CACHE_LOOKUPS", "route_family",
-           "watch_in_flight"]
+__all__ = ["REGISTRY", "REQUESTS", "REQUEST_SECONDS", "BACKEND_ERRORS", "CACHE_LOOKUPS", "ERRORS", "TURNS",
+           "TURN_SECONDS", "FIRST_TOKEN_SECONDS", "TOKENS", "QUEUE_SECONDS", "BACKGROUND_FINISHED", "route_family",
+           "watch_gateway"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -28,6 +29,24 @@ BACKEND_ERRORS = Counter("nomyo_router_backend_errors", "Failed upstream calls, 
                          ["endpoint", "kind"], registry=REGISTRY)
 CACHE_LOOKUPS = Counter("nomyo_router_cache_lookups", "Response cache lookups, by result (hit or miss).",
                         ["result"], registry=REGISTRY)
+ERRORS = Counter("nomyo_router_errors", "Error answers, by route family, status and error code.",
+                 ["route", "status", "code"], registry=REGISTRY)
+
+_TURN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+TURNS = Counter("nomyo_router_turns", "Responses run against a backend, by endpoint, model and final status.",
+                ["endpoint", "model", "status"], registry=REGISTRY)
+TURN_SECONDS = Histogram("nomyo_router_turn_seconds", "Time from a turn's start to its final state, by endpoint "
+                         "and model.", ["endpoint", "model"], registry=REGISTRY, buckets=_TURN_BUCKETS)
+FIRST_TOKEN_SECONDS = Histogram("nomyo_router_time_to_first_token_seconds", "Time from a streamed turn's start "
+                                "to its backend's first chunk, by endpoint and model.", ["endpoint", "model"],
+                                registry=REGISTRY, buckets=_TURN_BUCKETS)
+TOKENS = Counter("nomyo_router_tokens", "Tokens the backends reported, by endpoint, model and kind (input, output).",
+                 ["endpoint", "model", "kind"], registry=REGISTRY)
+QUEUE_SECONDS = Histogram("nomyo_router_queue_wait_seconds", "Time a request waited for a backend slot, by model "
+                          "asked.", ["model"], registry=REGISTRY,
+                          buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+BACKGROUND_FINISHED = Counter("nomyo_router_background_jobs_finished", "Background responses ended, by final "
+                              "status.", ["status"], registry=REGISTRY)
 
 _FAMILIES = ("/v1/responses", "/v1/models", "/health", "/api/usage", "/v1/usage", "/metrics")
 
@@ -43,26 +62,38 @@ def route_family(path: str) -> str:
     return "other"
 
 
-class _InFlight:
+class _Gauges:
+    """The gauges read from the running gateway when scraped: ``read()`` gives
+    ``{"in_flight": {(endpoint, model): n}, "queued": {model: n}, "background": {status: n}}``."""
+
     def __init__(self, read: Callable[[], dict]):
         self.read = read
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        gauge = GaugeMetricFamily("nomyo_router_in_flight", "Upstream requests in flight, by endpoint and model.",
-                                  labels=["endpoint", "model"])
-        for (endpoint, model), count in self.read().items():
-            gauge.add_metric([endpoint, model], count)
-        yield gauge
+        now = self.read()
+        in_flight = GaugeMetricFamily("nomyo_router_in_flight", "Backend slots in use, by endpoint and model.",
+                                      labels=["endpoint", "model"])
+        for (endpoint, model), count in now.get("in_flight", {}).items():
+            in_flight.add_metric([endpoint, model], count)
+        queued = GaugeMetricFamily("nomyo_router_queued", "Requests waiting for a backend slot, by model asked.",
+                                   labels=["model"])
+        for model, count in now.get("queued", {}).items():
+            queued.add_metric([model], count)
+        background = GaugeMetricFamily("nomyo_router_background_jobs", "Background responses now, by status "
+                                       "(queued: waiting for a slot; in_progress).", labels=["status"])
+        for status, count in now.get("background", {}).items():
+            background.add_metric([status], count)
+        yield from (in_flight, queued, background)
 
 
-_in_flight: _InFlight | None = None
+_gauges: _Gauges | None = None
 
 
-def watch_in_flight(read: Callable[[], dict]) -> None:
-    """Report ``read()`` (``{(endpoint, model): count}``) as the in-flight gauge from now on."""
-    global _in_flight
-    if _in_flight is None:
-        _in_flight = _InFlight(read)
-        REGISTRY.register(_in_flight)
+def watch_gateway(read: Callable[[], dict]) -> None:
+    """Report ``read()`` (see :class:`_Gauges`) as the gauges from now on."""
+    global _gauges
+    if _gauges is None:
+        _gauges = _Gauges(read)
+        REGISTRY.register(_gauges)
     else:
-        _in_flight.read = read
+        _gauges.read = read

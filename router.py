@@ -28,6 +28,7 @@ from api import health, responses  # noqa: E402
 from api.guard import PUBLIC_PATHS, GatewayMiddleware  # noqa: E402,F401  (PUBLIC_PATHS: NOMYO Router's name)
 from config import ConfigError, load_settings  # noqa: E402
 from logs import configure_logging, note  # noqa: E402
+from metrics import ERRORS, route_family  # noqa: E402
 from db import ResponseStore, StoreInUse  # noqa: E402
 from engine.gateway import Gateway, StartupError, open_gateway  # noqa: E402
 from errors import APIError, error_body  # noqa: E402
@@ -95,6 +96,7 @@ app.include_router(health.router)
 @app.exception_handler(APIError)
 async def _api_error(request: Request, exc: APIError) -> Response:
     note(error=exc.code or exc.message)
+    ERRORS.labels(route_family(request.url.path), str(exc.status), exc.code or "none").inc()
     # A body that stopped arriving leaves the connection mid-request: close it.
     return error_response(exc, headers={"connection": "close"} if exc.status == 408 else None)
 

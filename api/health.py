@@ -53,11 +53,14 @@ async def health(request: Request) -> Response:
 @router.get("/api/usage")
 @router.get("/v1/usage")
 async def usage(request: Request) -> Response:
-    """Requests in flight per endpoint and model (usage slots taken now)."""
+    """Requests in flight per endpoint and model (usage slots taken now), requests waiting
+    for a slot per model, and background jobs."""
     gateway = request.app.state.gateway
     rows = [{"endpoint": endpoint, "model": model, "in_flight": count}
             for (endpoint, model), count in sorted(gateway.registry.usage.items())]
+    queued = [{"model": model, "queued": count} for model, count in sorted(gateway.registry.queued.items())]
     return _json({"in_flight": sum(r["in_flight"] for r in rows), "usage": rows,
+                  "queued": sum(q["queued"] for q in queued), "queue": queued,
                   "background_jobs": len(gateway.jobs.jobs)})
 
 

@@ -25,7 +25,7 @@ from engine.jobs import JobManager
 from engine.turn import ChainBounds
 from engine.upstream import BackendCalls
 from logs import configure_logging
-from metrics import watch_in_flight
+from metrics import watch_gateway
 from reasoning_seal import ReasoningSeal, load_or_create_key
 
 __all__ = ["Gateway", "open_gateway"]
@@ -53,6 +53,14 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self.jobs = JobManager(self)
+
+    def gauges(self) -> dict:
+        """What the metrics' gauges show now: slots in use, requests queued, background jobs."""
+        background = {"queued": 0, "in_progress": 0}
+        for job in self.jobs.jobs.values():
+            background["queued" if job.run.upstream is None else "in_progress"] += 1
+        return {"in_flight": dict(self.registry.usage), "queued": dict(self.registry.queued),
+                "background": background}
 
     def stop_runs(self) -> int:
         """End every running turn now (the gateway is stopping): streams end with ``error`` +
@@ -165,7 +173,6 @@ async def open_gateway(settings: Settings, db_path: str, calls: BackendCalls) ->
         if orphans:
             log.warning("marked %d response(s) left unfinished by a previous process as failed", orphans)
         registry = Registry(settings)
-        watch_in_flight(lambda: dict(registry.usage))
         await registry.start()
         with _naming(f"the response cache {settings.cache_db_path} (cache_db_path)"
                      if settings.cache_backend == "sqlite" else "the response cache"):
@@ -176,7 +183,9 @@ async def open_gateway(settings: Settings, db_path: str, calls: BackendCalls) ->
             await registry.close()
         await store.close()
         raise
-    return Gateway(settings=settings, store=store, registry=registry, cache=cache, calls=calls, seal=seal)
+    gateway = Gateway(settings=settings, store=store, registry=registry, cache=cache, calls=calls, seal=seal)
+    watch_gateway(gateway.gauges)
+    return gateway
 
 
 def _log_summary(settings: Settings, db_path: str, registry: Registry, cache: LLMCache | None) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 
 import orjson
@@ -22,7 +23,7 @@ from engine.turn import Turn
 from engine.upstream import ChatChunks, Completion, NativeEvents, NativeResponse, Upstream, open_upstream
 from errors import APIError
 from logs import note
-from metrics import CACHE_LOOKUPS
+from metrics import BACKGROUND_FINISHED, CACHE_LOOKUPS, FIRST_TOKEN_SECONDS, TOKENS, TURN_SECONDS, TURNS
 from requests.common import new_id, plain
 from requests.events import Event, Sequencer, StreamTranslator, error_event, response_event
 from requests.native import NativeStreamTranslator, native_to_response
@@ -97,6 +98,8 @@ class TurnRun:
         self._cache_write: Callable[[dict], Awaitable[None]] | None = None
         self._settling: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
+        self._started = time.perf_counter()
+        self._first_chunk: float | None = None
         #: Why the final state could not be recorded (None: it was, or nothing was to be).
         self.record_error: Exception | None = None
 
@@ -233,6 +236,8 @@ class TurnRun:
                 yield opening
             feed = translator.feed
             async for chunks in self.upstream.result.batches:
+                if self._first_chunk is None:
+                    self._first_chunk = time.perf_counter()
                 events: list[Event] = []
                 for chunk in chunks:
                     events += feed(plain(chunk))
@@ -317,13 +322,29 @@ class TurnRun:
         None (the upstream finished), a cancellation, or the failure."""
         if self._settling is None:
             self.final, self.closing = self._decide(error)
-            usage = self.final.get("usage") or {}
-            failure = self.final.get("error") or {}
-            note(response_status=self.final["status"], input_tokens=usage.get("input_tokens"),
-                 output_tokens=usage.get("output_tokens"), error=failure.get("message"))
+            self._measure()
             self._settling = asyncio.ensure_future(self._close_and_record(answered=error is None))
         await asyncio.shield(self._settling)
         return self.closing
+
+    def _measure(self) -> None:
+        """The final state in the request's log line and the metrics."""
+        final = self.final
+        usage = final.get("usage") or {}
+        note(response_status=final["status"], input_tokens=usage.get("input_tokens"),
+             output_tokens=usage.get("output_tokens"), error=(final.get("error") or {}).get("message"))
+        if self.turn.background:
+            BACKGROUND_FINISHED.labels(final["status"]).inc()
+        if self.upstream is None:
+            return
+        labels = (self.upstream.endpoint, self.upstream.model)
+        TURNS.labels(*labels, final["status"]).inc()
+        TURN_SECONDS.labels(*labels).observe(time.perf_counter() - self._started)
+        if self._first_chunk is not None:
+            FIRST_TOKEN_SECONDS.labels(*labels).observe(self._first_chunk - self._started)
+        for kind in ("input", "output"):
+            if usage.get(f"{kind}_tokens"):
+                TOKENS.labels(*labels, kind).inc(usage[f"{kind}_tokens"])
 
     async def _close_and_record(self, *, answered: bool) -> None:
         """Never raises: a store that cannot be written is logged, and the run's closing

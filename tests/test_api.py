@@ -13,6 +13,9 @@ from openai.types.responses import Response
 
 from tests.e2e.ollama_server import DEFAULT_TEXT, THINK_TEXT, OllamaTestServer
 
+#: /api/usage of a gateway with nothing running or waiting.
+IDLE = {"in_flight": 0, "usage": [], "queued": 0, "queue": [], "background_jobs": 0}
+
 TOOLS = [{"type": "function", "name": "get_weather", "description": "weather of a city",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
 
@@ -207,7 +210,7 @@ async def test_background_cancel_stops_upstream(gw, ollama):
     cancelled = (await gw.post(f"/v1/responses/{rid}/cancel")).json()
     assert cancelled["status"] == "cancelled"
     assert (await gw.get(f"/v1/responses/{rid}")).json()["status"] == "cancelled"
-    assert (await gw.get("/api/usage")).json() == {"in_flight": 0, "usage": [], "background_jobs": 0}
+    assert (await gw.get("/api/usage")).json() == IDLE
 
 
 async def test_cancel_of_foreground_response_is_400(gw):

@@ -17,6 +17,10 @@ TERMINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed
 ERROR_KEYS = {"message", "type", "param", "code"}
 
 
+#: ``/api/usage`` of a gateway with nothing running or waiting.
+IDLE = {"in_flight": 0, "usage": [], "queued": 0, "queue": [], "background_jobs": 0}
+
+
 def sse(text: str) -> list[dict]:
     """Parse a whole SSE body into event dicts; each ``event:`` line must equal the ``type``."""
     events = []

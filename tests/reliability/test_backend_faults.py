@@ -12,7 +12,8 @@ import pytest
 import router
 
 from tests.e2e.ollama_server import DEFAULT_TEXT, OllamaTestServer
-from tests.reliability.helpers import (assert_openai_error, metric, poll_status, sse, usage, wait_for,
+from tests.reliability.helpers import (IDLE, assert_openai_error, metric, poll_status, sse, usage, wait_for,
+
                                        wait_idle)
 
 
@@ -80,7 +81,7 @@ async def test_no_reachable_endpoint_is_502(app_factory, pair):
         assert "unavailable" in failed["error"]["message"] or "reachable" in failed["error"]["message"]
         stored = sse((await http.get(f"/v1/responses/{queued['id']}", params={"stream": "true"})).text)
         assert stored[-1]["type"] == "response.failed"
-        assert (await usage(http)) == {"in_flight": 0, "usage": [], "background_jobs": 0}
+        assert (await usage(http)) == IDLE
 
 
 async def test_upstream_timeout_is_504(app_factory, ollama):

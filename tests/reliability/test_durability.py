@@ -16,7 +16,8 @@ from openai.types.responses import Response
 
 from tests.e2e.ollama_server import DEFAULT_TEXT, OllamaTestServer
 from tests.e2e.processes import GatewayProcess
-from tests.reliability.helpers import TERMINAL_EVENTS, poll_status, read_events, sse, store_rows, usage
+from tests.reliability.helpers import IDLE, TERMINAL_EVENTS, poll_status, read_events, sse, store_rows, usage
+
 
 
 def integrity(db: Path) -> str:
@@ -152,7 +153,7 @@ async def test_sigkill_mid_run_then_restart(tmp_path, backends):
                 assert [e["sequence_number"] for e in events] == list(range(len(events)))
                 assert events[-1]["type"] in TERMINAL_EVENTS
                 assert events[-1]["response"]["status"] == obj["status"]
-            assert await usage(http) == {"in_flight": 0, "usage": [], "background_jobs": 0}
+            assert await usage(http) == IDLE
             # a chain goes on from a finished turn and from a failed one
             backends["tiny"].reset()
             for previous in (finished[-1], running[0]):

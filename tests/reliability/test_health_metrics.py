@@ -235,3 +235,48 @@ async def test_a_stream_whose_final_write_fails_is_failed_and_its_row_follows_on
             blocker.execute("ROLLBACK")
         blocker.close()
         proc.stop()
+
+
+async def test_metrics_per_endpoint_and_model_and_the_queue(app_factory, ollama):
+    """Turns by final status, latency and first-token histograms, tokens, queue wait and
+    length, background jobs and error codes, with their names and labels, from real requests."""
+    import asyncio
+    ep = {"endpoint": ollama.url, "model": "tiny:latest"}
+    async with app_factory(endpoints=[ollama.url], max_concurrent_connections=1) as http:
+        before = await _metrics(http)
+        done = (await http.post("/v1/responses", json={"model": "tiny", "input": "hi"})).json()
+        await http.post("/v1/responses", json={"model": "tiny", "input": "hi", "stream": True})
+        await http.post("/v1/responses", json={"model": "tiny", "input": "[long]", "max_output_tokens": 5})
+        await http.post("/v1/responses", json={"model": "nope", "input": "hi"})
+        ollama.first_byte_delay = 0.5
+        first = asyncio.create_task(http.post("/v1/responses", json={"model": "tiny", "input": "a"}))
+        while not router.app.state.gateway.registry.usage.get((ollama.url, "tiny:latest")):
+            await asyncio.sleep(0.01)
+        second = asyncio.create_task(http.post("/v1/responses", json={"model": "tiny", "input": "b"}))
+        while not router.app.state.gateway.registry.queued:
+            await asyncio.sleep(0.01)
+        waiting = (await http.get("/api/usage")).json()
+        during = await _metrics(http)
+        await asyncio.gather(first, second)
+        ollama.first_byte_delay = 0
+        job = (await http.post("/v1/responses", json={"model": "tiny", "input": "bg", "background": True})).json()
+        from tests.reliability.helpers import poll_status
+        await poll_status(http, job["id"])
+        after = await _metrics(http)
+
+    def delta(name, **labels):
+        return metric(after, name, **labels) - metric(before, name, **labels)
+    assert waiting["queued"] == 1 and waiting["queue"] == [{"model": "tiny", "queued": 1}]
+    assert metric(during, "nomyo_router_queued", model="tiny") == 1
+    assert metric(during, "nomyo_router_in_flight", **ep) == 1
+    assert delta("nomyo_router_turns_total", **ep, status="completed") == 5
+    assert delta("nomyo_router_turns_total", **ep, status="incomplete") == 1
+    assert delta("nomyo_router_turn_seconds_count", **ep) == 6
+    assert delta("nomyo_router_time_to_first_token_seconds_count", **ep) == 1       # the one stream
+    assert delta("nomyo_router_tokens_total", **ep, kind="output") >= done["usage"]["output_tokens"] * 4
+    assert delta("nomyo_router_tokens_total", **ep, kind="input") > 0
+    assert delta("nomyo_router_queue_wait_seconds_count", model="tiny") == 6
+    assert delta("nomyo_router_queue_wait_seconds_sum", model="tiny") >= 0.3     # the second waited
+    assert delta("nomyo_router_errors_total", route="/v1/responses", status="404", code="model_not_found") == 1
+    assert delta("nomyo_router_background_jobs_finished_total", status="completed") == 1
+    assert "nomyo_router_background_jobs{" in after

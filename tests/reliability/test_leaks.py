@@ -16,15 +16,16 @@ import pytest
 
 from tests.e2e.ollama_server import DEFAULT_TEXT, OllamaTestServer
 from tests.e2e.processes import GatewayProcess
-from tests.reliability.helpers import (TERMINAL, metric, nested_lists, read_events,
+from tests.reliability.helpers import (IDLE, TERMINAL, metric, nested_lists, read_events,
                                        store_rows, usage, wait_for, wait_idle)
 from tests.reliability.test_limits import BAD_BODIES
+
 
 
 async def test_usage_reports_requests_in_flight(app_factory, ollama):
     ollama.first_byte_delay = 0.5
     async with app_factory(endpoints=[ollama.url], max_concurrent_connections=4) as http:
-        assert await usage(http) == {"in_flight": 0, "usage": [], "background_jobs": 0}
+        assert await usage(http) == IDLE
         plain = asyncio.create_task(http.post("/v1/responses", json={"model": "tiny", "input": "a"}))
         stream = asyncio.create_task(http.post("/v1/responses", json={"model": "tiny", "input": "b",
                                                                       "stream": True}))
