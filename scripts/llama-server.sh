@@ -66,7 +66,7 @@ install_build_tools() {
 fetch_sources() {
     local work="$1"
     log "downloading llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION} sdist"
-    "$PYTHON" -m pip download --no-deps --no-binary :all: \
+    "$PYTHON" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
         "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}" -d "${work}/sdist" >&2
     local archive="${work}/sdist/llama_cpp_python-${LLAMA_CPP_PYTHON_VERSION}.tar.gz"
     [[ -f "$archive" ]] || die "sdist archive not found: ${archive}"
