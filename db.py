@@ -295,14 +295,24 @@ class ResponseStore:
             " WHERE owner IN (SELECT key FROM json_each(:owners))", {"owners": _dumps(owners)})
         return cursor.rowcount
 
+    async def queued_background(self) -> list[dict]:
+        """The background responses stored ``queued`` with their create body (left by a gateway
+        that stopped before they reached a backend), oldest first, as :meth:`get_response` rows."""
+        rows = await self.conn.execute_fetchall(
+            "SELECT id FROM responses WHERE status = 'queued' AND background = 1 AND request IS NOT NULL"
+            " ORDER BY created_at, rowid")
+        return [row for (rid,) in rows if (row := await self.get_response(rid)) is not None]
+
     async def fail_orphaned_responses(self) -> int:
-        """Mark responses left queued or in progress by a dead process as failed.
+        """Mark responses left in progress by a dead process as failed (and queued ones that
+        cannot be run again: not background, or without their create body).
 
         Their Response objects get ``status: "failed"`` and a ``server_error``.
         Returns how many rows changed. Run at start-up, before serving.
         """
         rows = await (await self.conn.execute(
-            "SELECT id, response FROM responses WHERE status IN ('queued', 'in_progress')")).fetchall()
+            "SELECT id, response FROM responses WHERE status = 'in_progress'"
+            " OR (status = 'queued' AND (background = 0 OR request IS NULL))")).fetchall()
         if not rows:
             return 0
         error = {"code": "server_error", "message": "The gateway stopped before this response finished."}

@@ -67,7 +67,7 @@ class Gateway:
         ``response.failed``, whole answers with a 503, each stored as failed. Returns how many."""
         runs = list(self.runs)
         for run in runs:
-            run.stop("shutdown")
+            run.stop()
         return len(runs)
 
     async def reload(self, settings: Settings) -> None:
@@ -185,6 +185,13 @@ async def open_gateway(settings: Settings, db_path: str, calls: BackendCalls) ->
         raise
     gateway = Gateway(settings=settings, store=store, registry=registry, cache=cache, calls=calls, seal=seal)
     watch_gateway(gateway.gauges)
+    try:
+        resumed = await gateway.jobs.resume_queued()
+    except BaseException:
+        await gateway.close()
+        raise
+    if resumed:
+        log.info("resumed %d background response(s) left queued by the previous process", resumed)
     return gateway
 
 

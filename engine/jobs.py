@@ -1,7 +1,7 @@
 """Background responses (``background: true``): turns run by a task of this process.
 
 A job's row is stored ``queued`` before its id is returned, moves to
-``in_progress`` when the task starts, and ends as its :class:`TurnRun` settles
+``in_progress`` when the turn has a backend slot, and ends as its :class:`TurnRun` settles
 (``completed``, ``incomplete``, ``failed`` or ``cancelled``). A streamed job
 publishes its events to followers (the creating request and ``GET
 ...?stream=true``) and stores them when done.
@@ -14,7 +14,7 @@ import logging
 from typing import TYPE_CHECKING, AsyncIterator
 
 from engine.runner import TurnRun, save
-from engine.turn import Turn
+from engine.turn import Turn, prepare_turn
 from errors import APIError
 from requests.events import Event, Sequencer, response_event
 
@@ -81,6 +81,29 @@ class JobManager:
                            code="too_many_background_jobs", type="rate_limit_error")
         queued = turn.response("queued", completed_at=None)
         await save(self.gateway, turn, queued)
+        return self._start(turn, queued)
+
+    async def resume_queued(self) -> int:
+        """Run the background responses a stopped gateway left ``queued`` (they never reached
+        a backend). One that cannot be prepared again (its chain was deleted, say) is stored
+        failed with the reason. Returns how many were resumed. Run at start-up."""
+        gateway, resumed = self.gateway, 0
+        for row in await gateway.store.queued_background():
+            try:
+                turn = await prepare_turn(gateway.store, row["request"], row["owner"], gateway.settings.model_aliases,
+                                          gateway.seal, gateway.chain_bounds)
+            except APIError as exc:
+                failed = {**(row["response"] or {}), "status": "failed", "completed_at": None,
+                          "error": {"code": "server_error", "message": f"Could not be resumed: {exc.message}"}}
+                await gateway.store.update_response(row["id"], failed, only_if_active=True)
+                continue
+            turn.id, turn.created_at = row["id"], row["created_at"]
+            self._start(turn, row["response"] or turn.response("queued", completed_at=None))
+            resumed += 1
+        return resumed
+
+    def _start(self, turn: Turn, queued: dict) -> Job:
+        """Run ``turn`` (its row stored ``queued``) in a task of its own."""
         seq = Sequencer()
         run = TurnRun(self.gateway, turn, seq=seq, resumed=True)
         run.row_written = True
@@ -94,8 +117,11 @@ class JobManager:
 
     async def _run(self, job: Job) -> None:
         run, turn, store = job.run, job.turn, self.gateway.store
-        try:
+
+        async def in_progress() -> None:
             await store.update_response(turn.id, turn.response("in_progress", completed_at=None))
+        run.on_slot = in_progress
+        try:
             if turn.stream:
                 async for batch in run.events():
                     job.publish(batch)
@@ -134,10 +160,12 @@ class JobManager:
             await asyncio.wait([job.task])
 
     async def shutdown(self) -> None:
-        """Stop every job; their responses are stored as failed."""
+        """Stop every job: a running one is stored failed, one still waiting for a backend
+        slot is stored ``queued`` again (:meth:`resume_queued` runs it at the next start)."""
         tasks = []
         for job in self.jobs.values():
-            job.run.stopping = "shutdown"
+            # one still waiting for a slot stays queued, for the next start to run
+            job.run.stopping = "shutdown" if job.run.slot_taken else "requeue"
             if job.task is not None:
                 job.task.cancel()
                 tasks.append(job.task)

@@ -45,6 +45,9 @@ _ANSWER_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "temperature", 
                   "reasoning", "truncation")
 _ID_PREFIXES = {"message": "msg", "function_call": "fc", "reasoning": "rs"}
 _CANCELLED = (asyncio.CancelledError, GeneratorExit)
+#: Why :meth:`TurnRun.stop` ended a run: the gateway stops (stored failed), or a background
+#: turn that never had a slot goes back to ``queued``.
+_STOPS = ("shutdown", "requeue")
 
 
 async def save(gateway: Gateway, turn: Turn, response: dict) -> None:
@@ -98,6 +101,9 @@ class TurnRun:
         self._cache_write: Callable[[dict], Awaitable[None]] | None = None
         self._settling: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
+        #: Awaited once, when the turn has a backend slot and before it is sent (a job: ``in_progress``).
+        self.on_slot: Callable[[], Awaitable[None]] | None = None
+        self.slot_taken = False
         self._started = time.perf_counter()
         self._first_chunk: float | None = None
         #: Why the final state could not be recorded (None: it was, or nothing was to be).
@@ -152,7 +158,7 @@ class TurnRun:
         """Choose an endpoint and send the turn (see :func:`engine.upstream.open_upstream`).
         Raises its APIError; nothing is held then."""
         note(model=self.turn.model, response_id=self.turn.id)
-        self.upstream = await open_upstream(self.turn, self.gateway.calls, self.gateway.registry)
+        self.upstream = await open_upstream(self.turn, self.gateway.calls, self.gateway.registry, self._slot)
         note(endpoint=self.upstream.endpoint, upstream_model=self.upstream.model)
 
     async def begin_stream(self) -> None:
@@ -161,20 +167,28 @@ class TurnRun:
             await save(self.gateway, self.turn, self.turn.response("in_progress", completed_at=None))
             self.row_written = True
 
+    async def _slot(self) -> None:
+        if not self.slot_taken:
+            self.slot_taken = True
+            if self.on_slot is not None:
+                await self.on_slot()
+
     def _running(self) -> None:
         self._task = asyncio.current_task()
         self.gateway.runs.add(self)
 
-    def stop(self, why: str = "shutdown") -> None:
+    def stop(self) -> None:
         """End the run now, from outside (the gateway is stopping): a stream ends with
-        ``error`` + ``response.failed``, a whole answer with a 503; stored as failed."""
+        ``error`` + ``response.failed``, a whole answer with a 503; stored as failed. A
+        background turn still waiting for a slot is stored ``queued`` again instead, for the
+        next start to run."""
         if self._settling is None and self._task is not None:
-            self.stopping = why
+            self.stopping = "requeue" if self.turn.background and not self.slot_taken else "shutdown"
             self._task.cancel()
 
     def _stopped(self, exc: BaseException) -> bool:
         """Whether ``exc`` is :meth:`stop`'s cancellation (taken back: the run ends itself)."""
-        if isinstance(exc, asyncio.CancelledError) and self.stopping == "shutdown" and self._settling is None:
+        if isinstance(exc, asyncio.CancelledError) and self.stopping in _STOPS and self._settling is None:
             asyncio.current_task().uncancel()
             return True
         return False
@@ -266,7 +280,7 @@ class TurnRun:
 
     def _stopped_stream(self, exc: BaseException) -> bool:
         """Whether a stream's end was :meth:`stop` (its closing events still go out)."""
-        if isinstance(exc, asyncio.CancelledError) and self.stopping == "shutdown":
+        if isinstance(exc, asyncio.CancelledError) and self.stopping in _STOPS:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 task.uncancel()
@@ -289,6 +303,8 @@ class TurnRun:
             return translator.final, []
         if self.answered is not None:
             return self.answered, []
+        if self.stopping == "requeue":  # never reached a backend: the next start runs it
+            return turn.response("queued", completed_at=None), []
         if self.stopping == "shutdown" and (error is None or isinstance(error, _CANCELLED)):
             error = APIError(503, "The gateway shut down before this response finished.", type="server_error")
         elif error is None or isinstance(error, _CANCELLED):
@@ -333,7 +349,7 @@ class TurnRun:
         usage = final.get("usage") or {}
         note(response_status=final["status"], input_tokens=usage.get("input_tokens"),
              output_tokens=usage.get("output_tokens"), error=(final.get("error") or {}).get("message"))
-        if self.turn.background:
+        if self.turn.background and final["status"] != "queued":
             BACKGROUND_FINISHED.labels(final["status"]).inc()
         if self.upstream is None:
             return

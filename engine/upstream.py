@@ -212,14 +212,16 @@ async def _choose(calls: BackendCalls, registry: Registry, model: str, excluded:
         raise
 
 
-async def open_upstream(turn: Turn, calls: BackendCalls, registry: Registry) -> Upstream:
+async def open_upstream(turn: Turn, calls: BackendCalls, registry: Registry,
+                        on_slot: Callable[[], Awaitable[None]] | None = None) -> Upstream:
     """Choose an endpoint for ``turn``, take its slot and send the turn there.
 
     Fails over while endpoints cannot be reached (each is marked unreachable).
     Returns the :class:`Upstream` holding the slot. Raises APIError: 404 unknown
     model, 429 every endpoint busy, 400 input the chosen path cannot express,
     502/504 backend faults, or the upstream's own 4xx/5xx; the slot is given back
-    before any of them leaves.
+    before any of them leaves. ``on_slot`` is awaited each time a slot is taken, before
+    the call is sent.
     """
     excluded: set[str] = set()
     unavailable: BackendUnavailable | None = None
@@ -230,6 +232,8 @@ async def open_upstream(turn: Turn, calls: BackendCalls, registry: Registry) -> 
             return calls.decrement_usage(registry, endpoint, model)
 
         try:
+            if on_slot is not None:
+                await on_slot()
             result = await _send(turn, calls, registry, endpoint, model)
         except InvalidInput as exc:
             await release()

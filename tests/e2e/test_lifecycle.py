@@ -95,3 +95,37 @@ async def test_sighup_takes_a_new_key_list_without_dropping_a_request(backend, t
             assert proc.proc.poll() is None
     finally:
         proc.stop()
+
+
+async def test_a_background_response_still_queued_at_shutdown_runs_at_the_next_start(backend, tmp_path):
+    """The one running is stored failed; the one waiting for the only slot stays queued and the
+    next process on the same store runs it to its end."""
+    from tests.reliability.helpers import poll_status
+    settings = {"endpoints": [backend.url], "max_concurrent_connections": 1, "shutdown_grace": 0.5}
+    proc = GatewayProcess(tmp_path, **settings).start()
+    backend.first_byte_delay = 5.0                     # the first job holds the only slot a while
+    try:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=GIVE_UP) as http:
+            body = {"model": "tiny", "input": "[long]", "max_output_tokens": 200, "background": True}
+            running = (await http.post("/v1/responses", json=body)).json()["id"]
+            await poll_status(http, running, until=("in_progress",))
+            waiting = (await http.post("/v1/responses", json={**body, "max_output_tokens": 3})).json()["id"]
+            assert (await http.get("/api/usage")).json()["queued"] == 1
+        proc.proc.send_signal(signal.SIGTERM)
+        proc.proc.wait(GIVE_UP)
+        rows = store_rows(tmp_path / "store.db")
+        assert rows[running][0] == "failed" and rows[waiting][0] == "queued"
+    finally:
+        proc.kill()
+    backend.first_byte_delay = 0
+    again = GatewayProcess(tmp_path, **settings)
+    again.port = proc.port
+    again.start()
+    try:
+        async with httpx.AsyncClient(base_url=again.url, timeout=GIVE_UP) as http:
+            done = await poll_status(http, waiting, timeout=GIVE_UP)
+            assert done["status"] == "incomplete" and done["output_text"]     # it ran, to its 3 tokens
+            assert (await http.get(f"/v1/responses/{running}")).json()["status"] == "failed"
+        assert "resumed 1 background response(s)" in again.log.read_text()
+    finally:
+        again.stop()
