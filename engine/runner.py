@@ -187,9 +187,12 @@ class TurnRun:
             self._task.cancel()
 
     def _stopped(self, exc: BaseException) -> bool:
-        """Whether ``exc`` is :meth:`stop`'s cancellation (taken back: the run ends itself)."""
-        if isinstance(exc, asyncio.CancelledError) and self.stopping in _STOPS and self._settling is None:
-            asyncio.current_task().uncancel()
+        """Whether ``exc`` is :meth:`stop`'s cancellation, which is taken back here: the run
+        ends itself (a stream with its closing events, a whole answer with a 503)."""
+        if isinstance(exc, asyncio.CancelledError) and self.stopping in _STOPS:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                task.uncancel()
             return True
         return False
 
@@ -262,7 +265,7 @@ class TurnRun:
             error = exc
         except BaseException as exc:
             closing = await self.settle(exc)
-            if self._stopped_stream(exc):
+            if self._stopped(exc):
                 yield closing
                 return
             raise
@@ -277,15 +280,6 @@ class TurnRun:
         message = f"The response could not be stored: {self.record_error}."
         return {**self.final, "status": "failed", "completed_at": None,
                 "error": {"code": "server_error", "message": message}}
-
-    def _stopped_stream(self, exc: BaseException) -> bool:
-        """Whether a stream's end was :meth:`stop` (its closing events still go out)."""
-        if isinstance(exc, asyncio.CancelledError) and self.stopping in _STOPS:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                task.uncancel()
-            return True
-        return False
 
     def _unrecorded(self, finished: list[Event]) -> list[Event]:
         """``finished`` with its terminal event replaced by ``error`` + ``response.failed``:
