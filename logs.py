@@ -99,13 +99,18 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     root.propagate = False
 
 
+#: Paths probed every few seconds by orchestrators: their lines are debug, not info.
+_PROBES = frozenset({"/health/live"})
+
+
 def request_line(info: RequestInfo, method: str, route: str, status: int, started: float) -> None:
     """Log the summary line of a finished request (``started``: its ``perf_counter`` start)."""
-    if not REQUEST_LOG.isEnabledFor(logging.INFO):
+    level = logging.DEBUG if route in _PROBES and status == 200 else logging.INFO
+    if not REQUEST_LOG.isEnabledFor(level):
         return
     fields = {"method": method, "route": route, "status": status,
               "latency_ms": round((time.perf_counter() - started) * 1000, 2),
               **{k: v for k, v in info.items() if k != "request_id" and v is not None}}
     text = " ".join(f"{key}={fields[key]}" for key in _TEXT_FIELDS if key in fields)
-    REQUEST_LOG.info("%s %s %s %.2fms %s", method, route, status, fields["latency_ms"], text,
-                     extra={"fields": fields})
+    REQUEST_LOG.log(level, "%s %s %s %.2fms%s", method, route, status, fields["latency_ms"],
+                    f" {text}" if text else "", extra={"fields": fields})
