@@ -245,14 +245,20 @@ def _missing_key() -> APIError:
 
 
 def _admin_refusal(scope: dict, settings: Settings) -> APIError | None:
-    """None when the request carries ``admin_api_key``; else the 401 (no key) or 403 (any other
-    key, tenant keys too, or no admin key configured on a gateway with tenant keys)."""
+    """None when the request carries ``admin_api_key``; else 401 for no key or a key nobody
+    has, 403 ``admin_key_required`` for a tenant's key (or while no admin key is configured)."""
     presented = _presented_key(scope)
     if presented is None:
         return _missing_key()
     admin = settings.admin_api_key
     if admin is not None and hmac.compare_digest(presented.encode(), admin.encode()):
         return None
+    tenant = False
+    for key in settings.key_owners:  # every key compared: time does not tell which
+        if hmac.compare_digest(presented.encode(), key.encode()):
+            tenant = True
+    if not tenant and admin is not None:
+        return APIError(401, "Incorrect API key provided.", code="invalid_api_key")
     why = "" if admin is not None else " (none is configured: set admin_api_key)"
     return APIError(403, f"{scope['path']} needs the admin key{why}; tenant keys cannot read it.",
                     code="admin_key_required")
