@@ -13,9 +13,15 @@ uvicorn serving ``router:app`` with the connection bounds of the configuration:
   connection the gateway is closing at that moment.
 
 The body bound (``body_timeout``) is the request guard's (``api.guard``), so it holds under a
-plain ``uvicorn router:app`` too. Exit status: 0 after a clean stop, 2 when the
-configuration cannot be used, 3 when start-up fails (a store, cache or key file that cannot
-be opened); one line on stderr names the file or key.
+plain ``uvicorn router:app`` too.
+
+Signals (:class:`GatewayServer`): SIGTERM or SIGINT stops accepting and gives running
+responses ``shutdown_grace`` seconds before they are ended with ``response.failed``; a second
+one ends them at once. SIGHUP reloads the configuration.
+
+Exit status: 2 when the configuration cannot be used, 3 when start-up fails (a store, cache
+or key file that cannot be opened), with one line on stderr naming the file or key; after a
+stop by signal the process ends by that signal, as uvicorn does.
 """
 
 from __future__ import annotations
