@@ -183,7 +183,6 @@ class GatewayMiddleware:
             presented = _presented_key(scope)
             if presented is None:
                 return await _reply(send, _missing_key())
-            owner = None
             for key, key_owner in settings.key_owners.items():  # every key compared: time does not tell which
                 if hmac.compare_digest(presented.encode(), key.encode()):
                     owner = key_owner
