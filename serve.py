@@ -6,8 +6,8 @@ uvicorn serving ``router:app`` with the connection bounds of the configuration:
 - ``header_timeout``: a connection must finish a request's headers this many seconds after
   it opened, or after the first byte of its next request; otherwise it is closed (slowloris).
   uvicorn itself has no such bound: its keep-alive timer stops at the first byte of a request.
-- ``max_connections``: open connections; one past it is closed at once, and requests past
-  it are answered 503 by uvicorn (``limit_concurrency``).
+- ``max_connections``: open connections; one past it is closed at once (and uvicorn's
+  ``limit_concurrency`` answers 503 to requests past it).
 - ``keep_alive_timeout``: how long an idle connection is kept. Longer than the HTTP
   clients' own pool expiry (httpx and the OpenAI SDKs: 5 s), so a client never sends on a
   connection the gateway is closing at that moment.
@@ -113,7 +113,8 @@ def uvicorn_config(settings: Settings, host: str, port: int, **options: Any) -> 
     """The uvicorn configuration that serves ``router:app`` under ``settings``' connection bounds."""
     return uvicorn.Config("router:app", host=host, port=port,
                           http=bounded_protocol(AutoHTTPProtocol, settings.header_timeout, settings.max_connections),
-                          limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive_timeout,
+                          # uvicorn answers 503 once connections reach its limit: each of ours is served
+                          limit_concurrency=settings.max_connections + 1, timeout_keep_alive=settings.keep_alive_timeout,
                           # the grace, then the runs end themselves: a little more for their last events
                           timeout_graceful_shutdown=settings.shutdown_grace + 5, **options)
 

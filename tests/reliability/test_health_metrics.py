@@ -276,7 +276,7 @@ async def test_metrics_per_endpoint_and_model_and_the_queue(app_factory, ollama)
     assert delta("nomyo_router_tokens_total", **ep, kind="output") >= done["usage"]["output_tokens"] * 4
     assert delta("nomyo_router_tokens_total", **ep, kind="input") > 0
     assert delta("nomyo_router_queue_wait_seconds_count", model="tiny") == 6
-    assert delta("nomyo_router_queue_wait_seconds_sum", model="tiny") >= 0.3     # the second waited
+    assert delta("nomyo_router_queue_wait_seconds_sum", model="tiny") > 0.05     # the second one waited
     assert delta("nomyo_router_errors_total", route="/v1/responses", status="404", code="model_not_found") == 1
     assert delta("nomyo_router_background_jobs_finished_total", status="completed") == 1
     assert "nomyo_router_background_jobs{" in after
