@@ -114,7 +114,8 @@ def uvicorn_config(settings: Settings, host: str, port: int, **options: Any) -> 
     return uvicorn.Config("router:app", host=host, port=port,
                           http=bounded_protocol(AutoHTTPProtocol, settings.header_timeout, settings.max_connections),
                           # uvicorn answers 503 once connections reach its limit: each of ours is served
-                          limit_concurrency=settings.max_connections + 1, timeout_keep_alive=settings.keep_alive_timeout,
+                          limit_concurrency=settings.max_connections + 1,
+                          timeout_keep_alive=settings.keep_alive_timeout,
                           # the grace, then the runs end themselves: a little more for their last events
                           timeout_graceful_shutdown=settings.shutdown_grace + 5, **options)
 
