@@ -72,7 +72,8 @@ async def test_a_cross_origin_request_is_refused_unless_allowed(open_gateway, ba
     backend.reset()
     json_headers = {"Content-Type": "application/json"}
     async with httpx.AsyncClient(base_url=open_gateway.url, timeout=10) as http:
-        evil = await http.post("/v1/responses", content=BODY, headers={**json_headers, "Origin": "https://evil.example"})
+        evil = await http.post("/v1/responses", content=BODY,
+                               headers={**json_headers, "Origin": "https://evil.example"})
         assert_openai_error(evil, 403, "origin_not_allowed")
         assert "access-control-allow-origin" not in evil.headers
         assert backend.requests == []
