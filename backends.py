@@ -115,6 +115,11 @@ class Registry:
         self._refresher: asyncio.Task | None = None
         self._refreshing: asyncio.Task | None = None
 
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The pooled HTTP client the gateway's own calls to endpoints use (discovery, tokenizing)."""
+        return self._http
+
     # discovery ---------------------------------------------------------------
     async def _get_json(self, ep: Endpoint, url: str) -> Any:
         headers = {"Authorization": f"Bearer {ep.api_key}"} if ep.api_key else {}

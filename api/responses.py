@@ -29,11 +29,12 @@ from cache import get_llm_cache  # noqa: F401  (the seam)
 from db import ResponseStore
 from engine.gateway import Gateway
 from engine.runner import TurnRun
+from engine.tokens import count_input_tokens, estimate_input_tokens
 from engine.turn import bad_input, prepare_turn
 from errors import APIError
 from requests.responses import InvalidInput, build_response_object, normalize_output_item
 from requests.stream import response_to_events
-from requests.validation import CreateResponseBody, validate_create_body
+from requests.validation import CreateResponseBody, validate_create_body, validate_input_tokens_body
 
 router = APIRouter()
 
@@ -61,7 +62,7 @@ def _not_found(response_id: str) -> APIError:
 
 # ── create ─────────────────────────────────────────────────────────────────────
 
-async def _parse_body(request: Request) -> dict:
+async def _parse_json(request: Request) -> Any:
     raw = await request.body()
     try:
         data = orjson.loads(raw)
@@ -71,8 +72,12 @@ async def _parse_body(request: Request) -> dict:
         orjson.dumps(data)
     except orjson.JSONEncodeError:
         raise APIError(400, "The request body is nested too deeply.", code="invalid_json") from None
+    return data
+
+
+async def _parse_body(request: Request) -> dict:
     try:
-        return validate_create_body(data, _gateway(request).settings.max_input_items)
+        return validate_create_body(await _parse_json(request), _gateway(request).settings.max_input_items)
     except InvalidInput as exc:
         raise bad_input(exc) from None
 
@@ -147,6 +152,25 @@ async def create_response(request: Request) -> Response:
         await run.settle(asyncio.CancelledError())
         raise
     return EventStreamResponse(sse_of_batches(run.events()), on_close=lambda: run.settle(asyncio.CancelledError()))
+
+
+@router.post("/v1/responses/input_tokens")
+async def count_input_tokens_route(request: Request) -> Response:
+    """How many input tokens a create body would be (OpenAI ``POST /v1/responses/input_tokens``),
+    its chain included; ``nomyo.exact`` says whether the backend's tokenizer counted them."""
+    gateway = _gateway(request)
+    try:
+        body = validate_input_tokens_body(await _parse_json(request), gateway.settings.max_input_items)
+    except InvalidInput as exc:
+        raise bad_input(exc) from None
+    named = body.get("model") is not None
+    turn = await prepare_turn(gateway.store, body if named else {**body, "model": ""}, _owner(request),
+                              gateway.settings.model_aliases, gateway.seal, gateway.chain_bounds)
+    try:
+        count = await count_input_tokens(gateway, turn) if named else estimate_input_tokens(turn)
+    except InvalidInput as exc:
+        raise bad_input(exc) from None
+    return _json(count.body())
 
 
 # ── retrieve, delete, cancel, input_items ─────────────────────────────────────

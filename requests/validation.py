@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from requests.responses import InvalidInput
 
-__all__ = ["CreateResponseBody", "validate_create_body", "METADATA_MAX_KEYS"]
+__all__ = ["CreateResponseBody", "InputTokensBody", "validate_create_body", "validate_input_tokens_body",
+           "METADATA_MAX_KEYS"]
 
 METADATA_MAX_KEYS = 16
 METADATA_MAX_KEY_CHARS = 64
@@ -113,17 +114,58 @@ def validate_create_body(data: Any, max_input_items: int | None = None) -> dict:
     for name in NOT_YET_SUPPORTED:
         if data.get(name) is not None:
             raise InvalidInput(f"'{name}' is not supported by this gateway yet.", name, "unsupported_parameter")
+    _validate(CreateResponseBody, data)
+    if data.get("background") and data.get("store") is False:
+        raise InvalidInput("Background responses need 'store': true (the default).", "background")
+    _check_item_count(data, max_input_items)
+    return data
+
+
+def _validate(model: type[BaseModel], data: dict) -> None:
+    """``data`` checked against ``model``; the first error as :class:`InvalidInput` naming its field."""
     try:
-        CreateResponseBody.model_validate(data)
+        model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         param = _param(tuple(err["loc"]))
         if err["type"] == "extra_forbidden":
             raise InvalidInput(f"Unknown parameter: '{param}'.", param, "unknown_parameter") from None
         raise InvalidInput(f"Invalid value for '{param}': {err['msg']}.", param) from None
-    if data.get("background") and data.get("store") is False:
-        raise InvalidInput("Background responses need 'store': true (the default).", "background")
+
+
+def _check_item_count(data: dict, max_input_items: int | None) -> None:
     items = data.get("input")
     if max_input_items is not None and isinstance(items, list) and len(items) > max_input_items:
         raise InvalidInput(f"'input' may have at most {max_input_items} items.", "input")
+
+
+class InputTokensBody(BaseModel):
+    """The body of ``POST /v1/responses/input_tokens`` (``openai.types.responses.InputTokenCountParams``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str | None = Field(None, min_length=1, max_length=256)
+    input: str | list[dict[str, Any]] | None = None
+    instructions: str | None = None
+    previous_response_id: str | None = Field(None, min_length=1, max_length=256)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    personality: str | None = None
+    conversation: Any = None
+
+
+def validate_input_tokens_body(data: Any, max_input_items: int | None = None) -> dict:
+    """Check a parsed input-token-count body; return it. Raises :class:`InvalidInput` as
+    :func:`validate_create_body` does; ``conversation`` is not supported yet."""
+    if not isinstance(data, dict):
+        raise InvalidInput("The request body must be a JSON object.")
+    if data.get("conversation") is not None:
+        raise InvalidInput("'conversation' is not supported by this gateway yet.", "conversation",
+                           "unsupported_parameter")
+    _validate(InputTokensBody, data)
+    _check_item_count(data, max_input_items)
     return data
