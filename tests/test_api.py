@@ -328,3 +328,26 @@ async def test_metrics(gw, ollama):
     assert 'nomyo_router_requests_total{route="/v1/responses",status="500"}' in text
     assert f'nomyo_router_backend_errors_total{{endpoint="{ollama.url}",kind="500"}}' in text
     assert "nomyo_router_request_seconds_bucket" in text and "nomyo_router_in_flight" in text
+
+
+async def test_an_upstream_responses_api_counts_input_tokens_itself(gateway_factory, ollama):
+    """On a native endpoint the count is the upstream's own, asked with the chain and the
+    Responses fields, never with the gateway's (store, background)."""
+    from unittest.mock import AsyncMock, MagicMock, patch
+
+    import api.responses as api_responses
+    upstream = MagicMock()
+    upstream.responses.input_tokens.count = AsyncMock(return_value={"object": "response.input_tokens",
+                                                                    "input_tokens": 42})
+    native = f"{ollama.url}/v1"
+    async with gateway_factory(endpoints=[native], native_responses_endpoints=[native]) as gw:
+        with patch.object(api_responses, "_make_openai_client", MagicMock(return_value=upstream)):
+            reply = await gw.post("/v1/responses/input_tokens", json={
+                "model": "tiny:latest", "input": "hi", "instructions": "Be brief.", "personality": "friendly"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"object": "response.input_tokens", "input_tokens": 42,
+                            "nomyo": {"exact": True, "method": "upstream"}}
+    sent = upstream.responses.input_tokens.count.call_args.kwargs
+    assert sent["model"] == "tiny:latest" and sent["instructions"] == "Be brief."
+    assert sent["personality"] == "friendly" and "store" not in sent
+    assert sent["input"] == [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]
