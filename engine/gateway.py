@@ -58,7 +58,7 @@ class Gateway:
         """What the metrics' gauges show now: slots in use, requests queued, background jobs."""
         background = {"queued": 0, "in_progress": 0}
         for job in self.jobs.jobs.values():
-            background["queued" if job.run.upstream is None else "in_progress"] += 1
+            background["in_progress" if job.run.slot_taken else "queued"] += 1
         return {"in_flight": dict(self.registry.usage), "queued": dict(self.registry.queued),
                 "background": background}
 
