@@ -146,6 +146,20 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+#: The columns :func:`_row_dict` makes a row of.
+_ROW_COLUMNS = ("id, owner, previous_response_id, model, status, background, created_at, input_items, response,"
+                " request")
+
+
+def _row_dict(row: tuple) -> dict:
+    """A stored row (:data:`_ROW_COLUMNS`) as the dict :meth:`ResponseStore.get_response` gives."""
+    return {"id": row[0], "owner": row[1], "previous_response_id": row[2], "model": row[3],
+            "status": row[4], "background": bool(row[5]), "created_at": row[6],
+            "input_items": orjson.loads(row[7]),
+            "response": orjson.loads(row[8]) if row[8] else None,
+            "request": orjson.loads(row[9]) if row[9] else None}
+
+
 def _item_ids(items: list) -> str:
     """The ids of ``items`` as a JSON array (what the item index is kept from)."""
     return _dumps([item["id"] for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)])
@@ -299,9 +313,9 @@ class ResponseStore:
         """The background responses stored ``queued`` with their create body (left by a gateway
         that stopped before they reached a backend), oldest first, as :meth:`get_response` rows."""
         rows = await self.conn.execute_fetchall(
-            "SELECT id FROM responses WHERE status = 'queued' AND background = 1 AND request IS NOT NULL"
-            " ORDER BY created_at, rowid")
-        return [row for (rid,) in rows if (row := await self.get_response(rid)) is not None]
+            f"SELECT {_ROW_COLUMNS} FROM responses WHERE status = 'queued' AND background = 1"
+            " AND request IS NOT NULL ORDER BY created_at, rowid")
+        return [_row_dict(row) for row in rows]
 
     async def fail_orphaned_responses(self) -> int:
         """Mark responses left in progress by a dead process as failed (and queued ones that
@@ -331,17 +345,11 @@ class ResponseStore:
         """The stored row as a dict (``id``, ``status``, ``model``, ``previous_response_id``,
         ``created_at``, ``background``, ``owner``, ``input_items``, ``response``,
         ``request``), or None. Given an ``owner``, rows of other owners are None."""
-        rows = await self.reader.execute_fetchall(
-            "SELECT id, owner, previous_response_id, model, status, background, created_at, input_items,"
-            " response, request FROM responses WHERE id=?", (id,))
+        rows = await self.reader.execute_fetchall(f"SELECT {_ROW_COLUMNS} FROM responses WHERE id=?", (id,))
         row = rows[0] if rows else None  # each read is one call: a statement never stays open
         if row is None or (owner is not ... and row[1] != owner):
             return None
-        return {"id": row[0], "owner": row[1], "previous_response_id": row[2], "model": row[3],
-                "status": row[4], "background": bool(row[5]), "created_at": row[6],
-                "input_items": orjson.loads(row[7]),
-                "response": orjson.loads(row[8]) if row[8] else None,
-                "request": orjson.loads(row[9]) if row[9] else None}
+        return _row_dict(row)
 
     async def get_chain(self, id: str, owner: str | None = None, *, max_bytes: int = 16 * 1024 * 1024,
                         max_items: int = 10_000) -> Chain | None:
