@@ -139,37 +139,25 @@ async def _open_and_leave_get(http, rid: str, events: int) -> None:
 
 
 @pytest.mark.parametrize("stream", [True, False])
-async def test_disconnect_before_the_first_byte_leaves_nothing_behind(live, stream):
-    proc, server = live
-    server.first_byte_delay = 1.0
-    async with httpx.AsyncClient(base_url=proc.url, timeout=10) as http:
-        with pytest.raises(httpx.ReadTimeout):
-            await http.post("/v1/responses", json={"model": "tiny", "input": "hi", "stream": stream},
-                            timeout=0.3)
-        await wait_idle(http, server, timeout=4)
-        rows = store_rows(proc.workdir / "store.db")   # nothing, or what ended: the client never got an id
-        assert all(status not in ("queued", "in_progress") for status, _ in rows.values())
-        again = await http.post("/v1/responses", json={"model": "tiny", "input": "hi"})
-        assert again.status_code == 200 and again.json()["output_text"] == DEFAULT_TEXT
-
-
-@pytest.mark.parametrize("stream", [True, False])
-async def test_a_client_leaving_before_the_first_byte_frees_its_slot_at_once(live, stream):
+async def test_a_client_leaving_before_the_first_byte_frees_its_slot_and_leaves_nothing_behind(live, stream):
     """The backend would answer only after 8 s: the gateway notices the client leave, cancels the
-    upstream call and gives the slot back within a second or two, not when the backend answers."""
+    upstream call and gives the slot back long before the backend would have answered; no row is
+    left running, and the next request is served."""
     proc, server = live
     server.first_byte_delay = 8.0
     async with httpx.AsyncClient(base_url=proc.url, timeout=10) as http:
         with pytest.raises(httpx.ReadTimeout):
             await http.post("/v1/responses", json={"model": "tiny", "input": "hi", "stream": stream},
                             timeout=0.5)
-        left = time.monotonic()
+
         async def released():
             return (await usage(http))["in_flight"] == 0
-        await wait_for(released, timeout=3)
-        assert time.monotonic() - left < 3
-        rows = store_rows(proc.workdir / "store.db")
+        await wait_for(released, timeout=6)              # the backend's answer is still seconds away
+        rows = store_rows(proc.workdir / "store.db")     # nothing, or what ended: the client never got an id
         assert all(status not in ("queued", "in_progress") for status, _ in rows.values())
+        server.first_byte_delay = 0.0
+        again = await http.post("/v1/responses", json={"model": "tiny", "input": "hi"})
+        assert again.status_code == 200 and again.json()["output_text"] == DEFAULT_TEXT
 
 
 async def test_deeply_nested_bodies_do_not_hurt_the_process(live):
