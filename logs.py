@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["configure_logging", "RequestInfo", "current", "note", "request_line", "REQUEST_LOG"]
+__all__ = ["configure_logging", "RequestInfo", "begin", "end", "note", "request_line", "REQUEST_LOG"]
 
 #: The logger of the per-request summary lines.
 REQUEST_LOG = logging.getLogger("nomyo_router.request")
@@ -37,11 +37,6 @@ class RequestInfo(dict):
 _current: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar("nomyo_request", default=None)
 
 
-def current() -> RequestInfo | None:
-    """The request being served in this context (None outside a request)."""
-    return _current.get()
-
-
 def begin(request_id: str) -> tuple[RequestInfo, contextvars.Token]:
     """Start the context of a request; give the token back to :func:`end`."""
     info = RequestInfo(request_id=request_id)
@@ -49,6 +44,7 @@ def begin(request_id: str) -> tuple[RequestInfo, contextvars.Token]:
 
 
 def end(token: contextvars.Token) -> None:
+    """End the context :func:`begin` started."""
     _current.reset(token)
 
 

@@ -12,9 +12,7 @@ import router
 from openai.types.responses import Response
 
 from tests.e2e.ollama_server import DEFAULT_TEXT, THINK_TEXT, OllamaTestServer
-
-#: /api/usage of a gateway with nothing running or waiting.
-IDLE = {"in_flight": 0, "usage": [], "queued": 0, "queue": [], "background_jobs": 0}
+from tests.reliability.helpers import IDLE
 
 TOOLS = [{"type": "function", "name": "get_weather", "description": "weather of a city",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
