@@ -69,7 +69,7 @@ def host_allowed(scope: dict, settings: Settings) -> bool:
     """Whether the request's ``Host`` is one the gateway answers to (``allowed_hosts``; unset:
     any with a router key, else loopback names and the address the connection reached)."""
     allowed = settings.allowed_hosts
-    if allowed is None and settings.router_api_keys:
+    if allowed is None and settings.key_owners:
         return True
     if allowed is not None and "*" in allowed:
         return True
@@ -175,11 +175,11 @@ class GatewayMiddleware:
 
         path = scope["path"]
         owner = None
-        if path in ADMIN_PATHS and (settings.admin_api_key is not None or settings.router_api_keys):
+        if path in ADMIN_PATHS and (settings.admin_api_key is not None or settings.key_owners):
             refusal = _admin_refusal(scope, settings)
             if refusal is not None:
                 return await _reply(send, refusal)
-        elif settings.router_api_keys and path not in PUBLIC_PATHS:
+        elif settings.key_owners and path not in PUBLIC_PATHS:
             presented = _presented_key(scope)
             if presented is None:
                 return await _reply(send, _missing_key())
