@@ -210,6 +210,16 @@ class Registry:
                 out.append((ep, name))
         return out
 
+    async def find(self, model: str, exclude: tuple | set = ()) -> list[tuple[Endpoint, str]]:
+        """:meth:`candidates` for ``model``; when there are none, discovery runs once more first
+        (unless it ran within the last second): a model pulled since is found."""
+        cands = self.candidates(model, exclude)
+        if not cands and time.monotonic() - min(
+                (ep.refreshed_at for ep in self.endpoints.values()), default=0) > 1.0:
+            await self.refresh_all()
+            cands = self.candidates(model, exclude)
+        return cands
+
     def has_native_endpoints(self) -> bool:
         """Whether any endpoint is served natively (an upstream Responses API)."""
         return any(ep.native for ep in self.endpoints.values())
@@ -232,11 +242,7 @@ class Registry:
         Raises APIError 404 ``model_not_found``, 502 ``backend_unavailable`` when no
         endpoint can be reached at all, or 429 ``all_endpoints_busy``.
         """
-        cands = self.candidates(model, exclude)
-        if not cands and time.monotonic() - min(
-                (ep.refreshed_at for ep in self.endpoints.values()), default=0) > 1.0:
-            await self.refresh_all()
-            cands = self.candidates(model, exclude)
+        cands = await self.find(model, exclude)
         if not cands:
             if exclude and self.candidates(model):
                 raise APIError(502, f"No reachable backend serves model '{model}'.",

@@ -88,10 +88,7 @@ async def count_input_tokens(gateway: Gateway, turn: Turn) -> TokenCount:
     serves it), 400 for input the endpoint's protocol cannot express, 502 when the backend
     fails or cannot be reached, or the upstream's own error."""
     registry = gateway.registry
-    candidates = [(ep, name) for ep, name in registry.candidates(turn.routed_model) if ep.reachable is not False]
-    if not candidates:
-        await registry.refresh_all()
-        candidates = [(ep, name) for ep, name in registry.candidates(turn.routed_model) if ep.reachable is not False]
+    candidates = [(ep, name) for ep, name in await registry.find(turn.routed_model) if ep.reachable is not False]
     if not candidates:
         raise APIError(404, f"The model '{turn.model}' does not exist or is not served by any reachable endpoint.",
                        param="model", code="model_not_found")
