@@ -13,7 +13,7 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -221,6 +221,11 @@ class Settings(BaseSettings):
         return _Environment(settings_cls), init_settings
 
 
+def _takes_list(annotation: Any) -> bool:
+    """Whether a field of ``annotation`` (``list[str]``, ``str | list[str] | None``...) takes a list."""
+    return get_origin(annotation) is list or any(_takes_list(arg) for arg in get_args(annotation))
+
+
 class _Environment(EnvSettingsSource):
     """``NOMYO_ROUTER_<KEY>`` variables. A list key takes JSON or a plain comma list
     (``NOMYO_ROUTER_ENDPOINTS=http://a:11434,http://b:11434``); a mapping key takes JSON."""
@@ -229,7 +234,7 @@ class _Environment(EnvSettingsSource):
         try:
             return super().decode_complex_value(field_name, field, value)
         except ValueError:
-            if get_origin(field.annotation) is list or "list[" in str(field.annotation):
+            if _takes_list(field.annotation):
                 return [part.strip() for part in str(value).split(",") if part.strip()]
             raise ValueError(f"NOMYO_ROUTER_{field_name.upper()} must be JSON (a mapping), "
                              f"for example '{{\"key\": \"value\"}}'") from None
