@@ -164,10 +164,8 @@ class JobManager:
         slot is stored ``queued`` again (:meth:`resume_queued` runs it at the next start)."""
         tasks = []
         for job in self.jobs.values():
-            # one still waiting for a slot stays queued, for the next start to run
-            job.run.stopping = "shutdown" if job.run.slot_taken else "requeue"
             if job.task is not None:
-                job.task.cancel()
+                job.run.stop(job.task)
                 tasks.append(job.task)
         if tasks:
             await asyncio.wait(tasks)

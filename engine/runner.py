@@ -177,14 +177,15 @@ class TurnRun:
         self._task = asyncio.current_task()
         self.gateway.runs.add(self)
 
-    def stop(self) -> None:
-        """End the run now, from outside (the gateway is stopping): a stream ends with
-        ``error`` + ``response.failed``, a whole answer with a 503; stored as failed. A
-        background turn still waiting for a slot is stored ``queued`` again instead, for the
-        next start to run."""
-        if self._settling is None and self._task is not None:
+    def stop(self, task: asyncio.Task | None = None) -> None:
+        """End the run now, from outside (the gateway is stopping), by cancelling ``task`` (default:
+        the one running it): a stream ends with ``error`` + ``response.failed``, a whole answer
+        with a 503; stored as failed. A background turn still waiting for a slot is stored
+        ``queued`` again instead, for the next start to run."""
+        task = task or self._task
+        if self._settling is None and task is not None:
             self.stopping = "requeue" if self.turn.background and not self.slot_taken else "shutdown"
-            self._task.cancel()
+            task.cancel()
 
     def _stopped(self, exc: BaseException) -> bool:
         """Whether ``exc`` is :meth:`stop`'s cancellation, which is taken back here: the run
