@@ -21,7 +21,7 @@ from pathlib import Path
 import orjson
 
 from bench.client import Target, fetch_json
-from bench.procs import Child, free_port
+from bench.procs import Child, free_port, wait_started
 from bench.suite import Context, Runner, Sizes
 from bench.workloads import basic_workloads
 
@@ -58,11 +58,7 @@ def start_litellm(workdir: Path, command: str, backend_port: int, timeout: float
                             cwd=workdir, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     child = Child("litellm", proc, log_path)
     target = Target(f"http://127.0.0.1:{port}", key)
-    try:
-        asyncio.run(_wait_answering(target, child, timeout))
-    except BaseException:
-        child.stop()
-        raise
+    wait_started(child, _wait_answering(target, child, timeout))
     return child, target
 
 

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Coroutine
 
 from bench.client import Target, fetch_json
 
@@ -179,12 +180,18 @@ def start_gateway(workdir: Path, backend_port: int, port: int | None = None,
                              "--no-access-log"],
                             cwd=REPO, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     child = Child("gateway", proc, log_path)
+    wait_started(child, _wait_ready(Target(f"http://127.0.0.1:{port}"), child, timeout))
+    return child, port
+
+
+def wait_started(child: Child, ready: Coroutine[Any, Any, None]) -> None:
+    """Run ``ready`` (it returns once ``child`` answers, raises when it cannot); a child that
+    did not start is stopped before the error goes on."""
     try:
-        asyncio.run(_wait_ready(Target(f"http://127.0.0.1:{port}"), child, timeout))
+        asyncio.run(ready)
     except BaseException:
         child.stop()
         raise
-    return child, port
 
 
 async def _wait_ready(target: Target, child: Child, timeout: float) -> None:
