@@ -427,3 +427,12 @@ async def create_native_response(client: openai.AsyncOpenAI, params: dict) -> An
         return await client.responses.create(**params)
     except openai.APIError as exc:
         raise backend_error(client, exc) from exc
+
+
+async def compact_native(client: openai.AsyncOpenAI, params: dict) -> Any:
+    """Call an upstream Responses API's ``responses.compact(**params)``; its ``CompactedResponse``.
+    Raises as :func:`create_native_response` does."""
+    try:
+        return await client.responses.compact(**params)
+    except openai.APIError as exc:
+        raise backend_error(client, exc) from exc

@@ -3,15 +3,18 @@
 SQLite through aiosqlite, WAL journal, one connection for writes and one for reads.
 Each response is one row:
 its turn's input items, the whole Response object (JSON text) and bookkeeping
-columns. Chains are walked in one recursive query. A ``meta`` table keeps the
+columns. Chains are walked in one recursive query. Conversations have tables of their own
+(``db_conversations``). A ``meta`` table keeps the
 schema version; :data:`MIGRATIONS` upgrades older stores in order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, AsyncIterator
 
 try:
     import fcntl
@@ -20,6 +23,8 @@ except ImportError:  # not on this platform: no lock
 
 import aiosqlite
 import orjson
+
+from db_conversations import ConversationTables
 
 __all__ = ["ResponseStore", "StoreInUse", "Chain", "SCHEMA_VERSION"]
 
@@ -101,6 +106,30 @@ MIGRATIONS: list[str] = [
             SELECT value FROM json_each(OLD.output_item_ids));
     END;
     """,
+    # Conversations (``db_conversations``): each one's items in order, and the turn that holds it.
+    """
+    CREATE TABLE conversations (
+        id              TEXT PRIMARY KEY,
+        owner           TEXT,
+        created_at      INTEGER NOT NULL,
+        metadata        TEXT NOT NULL,
+        active_response TEXT
+    );
+    CREATE TABLE conversation_items (
+        conversation_id TEXT NOT NULL,
+        position        INTEGER NOT NULL,
+        item_id         TEXT NOT NULL,
+        item            TEXT NOT NULL,
+        bytes           INTEGER NOT NULL,
+        created_at      INTEGER NOT NULL,
+        PRIMARY KEY (conversation_id, position)
+    ) WITHOUT ROWID;
+    CREATE INDEX conversation_items_by_id ON conversation_items(item_id);
+    CREATE TRIGGER conversations_delete_items AFTER DELETE ON conversations
+    BEGIN
+        DELETE FROM conversation_items WHERE conversation_id = OLD.id;
+    END;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -130,6 +159,9 @@ UNION ALL
 SELECT j.value FROM item_index ix JOIN responses r ON r.id = ix.response_id, json_each(r.output_items) j
 WHERE ix.item_id IN (SELECT value FROM json_each(:ids)) AND r.owner IS :owner
   AND json_extract(j.value, '$.id') = ix.item_id
+UNION ALL
+SELECT ci.item FROM conversation_items ci JOIN conversations c ON c.id = ci.conversation_id
+WHERE ci.item_id IN (SELECT value FROM json_each(:ids)) AND c.owner IS :owner
 """
 
 
@@ -165,7 +197,7 @@ def _item_ids(items: list) -> str:
     return _dumps([item["id"] for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)])
 
 
-class ResponseStore:
+class ResponseStore(ConversationTables):
     """Async access to the store. Open with :meth:`open`, close with :meth:`close`.
 
     ``owner`` is an opaque tenant tag (None without authentication); a row is
@@ -179,6 +211,30 @@ class ResponseStore:
         #: (``busy_timeout``) never holds a retrieve up behind it (WAL lets readers run alongside).
         self.reader: aiosqlite.Connection | None = None
         self._lock: Any = None
+        #: Held for each multi-statement transaction: statements of other writers on the one
+        #: write connection never fall inside it, and two never nest.
+        self._transaction = asyncio.Lock()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """One write transaction (``BEGIN IMMEDIATE`` .. ``COMMIT``; rolled back on an error)."""
+        async with self._transaction:
+            await self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                await self.conn.execute("ROLLBACK")
+                raise
+            await self.conn.execute("COMMIT")
+
+    async def _execute(self, sql: str, params: Any = ()) -> aiosqlite.Cursor:
+        """One write statement, never inside another writer's :meth:`transaction`."""
+        async with self._transaction:
+            return await self.conn.execute(sql, params)
+
+    async def _executemany(self, sql: str, rows: list) -> None:
+        async with self._transaction:
+            await self.conn.executemany(sql, rows)
 
     def _take_lock(self) -> None:
         """Hold ``<path>.lock`` exclusively for the life of this store: one gateway process per
@@ -247,7 +303,8 @@ class ResponseStore:
         """Prove the store can be written now (take the write lock, give it back at once);
         raises ``sqlite3.Error`` when it cannot (locked by another writer, read-only, full)."""
         # One call, so no other statement on this connection can fall inside the probe.
-        await self.conn.executescript("BEGIN IMMEDIATE; ROLLBACK;")
+        async with self._transaction:
+            await self.conn.executescript("BEGIN IMMEDIATE; ROLLBACK;")
 
     # writes ------------------------------------------------------------------
     async def store_response(self, id: str, *, previous_response_id: str | None, model: str, status: str,
@@ -262,7 +319,7 @@ class ResponseStore:
         """
         outputs = [] if response is None else (response.get("output") or [])
         inputs_json, outputs_json = orjson.dumps(input_messages), orjson.dumps(outputs)
-        await self.conn.execute(
+        await self._execute(
             "INSERT OR REPLACE INTO responses (id, owner, previous_response_id, model, status, background,"
             " created_at, updated_at, input_items, response, request, output_items, input_item_ids,"
             " output_item_ids, item_bytes, item_count) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -282,32 +339,36 @@ class ResponseStore:
                " item_count=item_count - json_array_length(output_items) + ? WHERE id=?")
         if only_if_active:
             sql += " AND status IN ('queued', 'in_progress')"
-        cursor = await self.conn.execute(sql, (response["status"], _dumps(response), outputs_json.decode(),
+        cursor = await self._execute(sql, (response["status"], _dumps(response), outputs_json.decode(),
                                                _item_ids(outputs), time.time(), len(outputs_json), len(outputs), id))
         return cursor.rowcount > 0
 
     async def append_events(self, id: str, events: list[dict]) -> None:
         """Store stream events of a response (for ``starting_after`` replays)."""
         if events:
-            await self.conn.executemany(
+            await self._executemany(
                 "INSERT OR REPLACE INTO response_events VALUES (?,?,?)",
                 [(id, e["sequence_number"], _dumps(e)) for e in events])
 
     async def delete_response(self, id: str, owner: str | None = None) -> bool:
         """Delete a response (its events go with it, by trigger, in the same statement).
         Returns False when not found for ``owner``."""
-        cursor = await self.conn.execute("DELETE FROM responses WHERE id=? AND owner IS ?", (id, owner))
+        cursor = await self._execute("DELETE FROM responses WHERE id=? AND owner IS ?", (id, owner))
         return cursor.rowcount > 0
 
     async def reassign_owners(self, owners: dict[str, str]) -> int:
         """Give the rows of each old owner tag (key) to its new one (value), events and items
-        with them; returns how many rows moved. Run at start-up (keys moved into tenants)."""
+        with them, and their conversations; returns how many rows moved. Run at start-up (keys moved into tenants)."""
         if not owners:
             return 0
-        cursor = await self.conn.execute(
+        cursor = await self._execute(
             "UPDATE responses SET owner = (SELECT value FROM json_each(:owners) WHERE key = responses.owner)"
             " WHERE owner IN (SELECT key FROM json_each(:owners))", {"owners": _dumps(owners)})
-        return cursor.rowcount
+        moved = cursor.rowcount
+        cursor = await self._execute(
+            "UPDATE conversations SET owner = (SELECT value FROM json_each(:owners) WHERE key = conversations.owner)"
+            " WHERE owner IN (SELECT key FROM json_each(:owners))", {"owners": _dumps(owners)})
+        return moved + cursor.rowcount
 
     async def queued_background(self) -> list[dict]:
         """The background responses stored ``queued`` with their create body (left by a gateway
@@ -324,7 +385,7 @@ class ResponseStore:
         Their Response objects get ``status: "failed"`` and a ``server_error``.
         Returns how many rows changed. Run at start-up, before serving.
         """
-        rows = await (await self.conn.execute(
+        rows = await (await self._execute(
             "SELECT id, response FROM responses WHERE status = 'in_progress'"
             " OR (status = 'queued' AND (background = 0 OR request IS NULL))")).fetchall()
         if not rows:
@@ -336,7 +397,7 @@ class ResponseStore:
             if obj is not None:
                 obj.update(status="failed", error=error, completed_at=None)
             updates.append(("failed", None if obj is None else _dumps(obj), time.time(), rid))
-        await self.conn.executemany(
+        await self._executemany(
             "UPDATE responses SET status=?, response=COALESCE(?, response), updated_at=? WHERE id=?", updates)
         return len(rows)
 

@@ -48,17 +48,21 @@ QUEUE_SECONDS = Histogram("nomyo_router_queue_wait_seconds", "Time a request wai
 BACKGROUND_FINISHED = Counter("nomyo_router_background_jobs_finished", "Background responses ended, by final "
                               "status.", ["status"], registry=REGISTRY)
 
-_FAMILIES = ("/v1/responses", "/v1/models", "/health", "/api/usage", "/v1/usage", "/metrics")
+_FAMILIES = ("/v1/responses", "/v1/responses/input_tokens", "/v1/responses/compact", "/v1/conversations",
+             "/v1/models", "/health", "/api/usage", "/v1/usage", "/metrics")
 
 
 def route_family(path: str) -> str:
     """A bounded label for ``path``: ids are replaced by ``{id}``, unknown paths are ``other``."""
+    if path in _FAMILIES or path == "/health/live":
+        return path
+    if path.startswith("/v1/conversations/"):
+        _, _, tail = path[len("/v1/conversations/"):].partition("/")
+        return "/v1/conversations/{id}" + ("/items/{id}" if "/" in tail else "/items" if tail == "items" else "")
     if path.startswith("/v1/responses/"):
         rest = path[len("/v1/responses/"):]
         _, _, tail = rest.partition("/")
         return "/v1/responses/{id}" + (f"/{tail}" if tail in ("cancel", "input_items") else "")
-    if path in _FAMILIES or path == "/health/live":
-        return path
     return "other"
 
 

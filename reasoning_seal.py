@@ -1,4 +1,4 @@
-"""Reasoning carried by the client: ``encrypted_content`` of reasoning items, sealed by the gateway.
+"""State carried by the client: ``encrypted_content`` of reasoning and compaction items, sealed by the gateway.
 
 A stateless chain (``store: false``, the whole history resent, as Codex runs
 it) keeps the model's reasoning only on the client. With ``include:
@@ -11,6 +11,7 @@ this gateway is refused (:class:`SealError`), never used.
 The key comes from ``reasoning_encryption_key`` (any string; hashed to 32
 bytes), or is generated once and kept in a file beside the store, readable by
 its owner only. Replicas that share a store must share the key setting.
+Compaction summaries (``engine.compaction``) are sealed under the same key.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ __all__ = ["ReasoningSeal", "SealError", "PREFIX", "load_or_create_key"]
 #: Every blob this gateway makes starts so; anything else is foreign.
 PREFIX = SEALED_PREFIX
 _AAD = b"nomyo-router reasoning v1"
+#: A compaction summary is sealed under the same key with its own associated data, so a
+#: reasoning blob never opens as a summary, nor the other way round.
+_SUMMARY_AAD = b"nomyo-router compaction v1"
 _NONCE_BYTES = 12
 
 
@@ -62,20 +66,34 @@ class ReasoningSeal:
     def __init__(self, key: bytes):
         self._aead = AESGCM(key)
 
-    def seal(self, reasoning: dict) -> str:
-        """The ``encrypted_content`` of a reasoning item (its ``content`` parts, sealed)."""
+    def _seal(self, plain: bytes, aad: bytes) -> str:
         nonce = secrets.token_bytes(_NONCE_BYTES)
-        plain = orjson.dumps({"content": reasoning.get("content") or []})
-        return PREFIX + base64.b64encode(nonce + self._aead.encrypt(nonce, plain, _AAD)).decode()
+        return PREFIX + base64.b64encode(nonce + self._aead.encrypt(nonce, plain, aad)).decode()
 
-    def open(self, blob: str) -> list[dict]:
-        """The ``content`` parts sealed in ``blob``. Raises :class:`SealError`."""
+    def _open(self, blob: str, aad: bytes) -> dict:
         if not isinstance(blob, str) or not blob.startswith(PREFIX):
             raise SealError("This encrypted_content was not made by this gateway.")
         try:
             raw = base64.b64decode(blob[len(PREFIX):], validate=True)
-            plain = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _AAD)
+            plain = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], aad)
         except (binascii.Error, InvalidTag, ValueError):
             raise SealError("This encrypted_content was altered or sealed under another key.") from None
-        content = orjson.loads(plain).get("content")
+        return orjson.loads(plain)
+
+    def seal(self, reasoning: dict) -> str:
+        """The ``encrypted_content`` of a reasoning item (its ``content`` parts, sealed)."""
+        return self._seal(orjson.dumps({"content": reasoning.get("content") or []}), _AAD)
+
+    def open(self, blob: str) -> list[dict]:
+        """The ``content`` parts sealed in ``blob``. Raises :class:`SealError`."""
+        content = self._open(blob, _AAD).get("content")
         return content if isinstance(content, list) else []
+
+    def seal_summary(self, summary: str) -> str:
+        """The ``encrypted_content`` of a ``compaction`` item: its summary text, sealed."""
+        return self._seal(orjson.dumps({"summary": summary}), _SUMMARY_AAD)
+
+    def open_summary(self, blob: str) -> str:
+        """The summary sealed in a ``compaction`` item's ``blob``. Raises :class:`SealError`."""
+        summary = self._open(blob, _SUMMARY_AAD).get("summary")
+        return summary if isinstance(summary, str) else ""

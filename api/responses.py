@@ -1,4 +1,5 @@
-"""HTTP routes of the Responses API: create, retrieve, delete, cancel, input_items, models.
+"""HTTP routes of the Responses API: create, input_tokens, compact, retrieve, delete, cancel,
+input_items, models.
 
 Parse, call the turn engine, shape the reply; nothing else. ``POST
 /v1/responses`` prepares the turn (``engine.turn``), answers from the LLM cache
@@ -18,41 +19,28 @@ import asyncio
 import time
 from typing import Any, Awaitable
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
+from api.common import gateway_of, include_of, json_response, owner_of, parse_json, store_of
 from api.sse import EventStreamResponse, sse_of_batches, sse_of_events
 from backends import (  # noqa: F401  (the seam: see the module docstring)
     _make_openai_client, choose_endpoint, create_chat_with_retries, decrement_usage, is_ext_openai_endpoint)
 from cache import get_llm_cache  # noqa: F401  (the seam)
-from db import ResponseStore
-from engine.gateway import Gateway
 from engine.runner import TurnRun
 from engine.tokens import count_input_tokens, estimate_input_tokens
-from engine.turn import bad_input, prepare_turn
+from engine.compaction import compact
+from engine.gateway import Gateway
+from engine.turn import Turn, bad_input, prepare_turn, release_conversation
 from errors import APIError
-from requests.responses import InvalidInput, build_response_object, normalize_output_item
+from requests.include import view_items, view_response
+from requests.responses import InvalidInput, build_response_object, stored_items_view
 from requests.stream import response_to_events
-from requests.validation import CreateResponseBody, validate_create_body, validate_input_tokens_body
+from logs import note
+from requests.validation import (CreateResponseBody, validate_compact_body, validate_create_body,
+                                 validate_input_tokens_body)
 
 router = APIRouter()
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-def _gateway(request: Request) -> Gateway:
-    return request.app.state.gateway
-
-
-def _store(request: Request) -> ResponseStore:
-    return request.app.state.gateway.store
-
-
-def _owner(request: Request) -> str | None:
-    return getattr(request.state, "owner", None)
 
 
 def _not_found(response_id: str) -> APIError:
@@ -62,22 +50,9 @@ def _not_found(response_id: str) -> APIError:
 
 # ── create ─────────────────────────────────────────────────────────────────────
 
-async def _parse_json(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise APIError(400, f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
-    try:  # what cannot be written back (nested past orjson's 254 levels) cannot be stored or answered
-        orjson.dumps(data)
-    except orjson.JSONEncodeError:
-        raise APIError(400, "The request body is nested too deeply.", code="invalid_json") from None
-    return data
-
-
 async def _parse_body(request: Request) -> dict:
     try:
-        return validate_create_body(await _parse_json(request), _gateway(request).settings.max_input_items)
+        return validate_create_body(await parse_json(request), gateway_of(request).settings.max_input_items)
     except InvalidInput as exc:
         raise bad_input(exc) from None
 
@@ -122,15 +97,23 @@ _CREATE_BODY = {"requestBody": {"required": True, "content": {
 
 @router.post("/v1/responses", openapi_extra=_CREATE_BODY)
 async def create_response(request: Request) -> Response:
-    """Create a model response (OpenAI ``POST /v1/responses``)."""
-    gateway = _gateway(request)
-    turn = await prepare_turn(gateway.store, await _parse_body(request), _owner(request),
+    """Create a model response (OpenAI ``POST /v1/responses``). A turn on a ``conversation`` holds
+    it until the turn ends; whatever ends the request before its run settles frees it here."""
+    gateway = gateway_of(request)
+    turn = await prepare_turn(gateway.store, await _parse_body(request), owner_of(request),
                               gateway.settings.model_aliases, gateway.seal, gateway.chain_bounds)
-    run = TurnRun(gateway, turn)
+    try:
+        return await _run(request, gateway, turn)
+    except BaseException:
+        await release_conversation(gateway.store, turn)
+        raise
 
+
+async def _run(request: Request, gateway: Gateway, turn: Turn) -> Response:
+    run = TurnRun(gateway, turn)
     cached = await run.from_cache()
     if cached is not None:
-        return EventStreamResponse(sse_of_events(response_to_events(cached))) if turn.stream else _json(cached)
+        return EventStreamResponse(sse_of_events(response_to_events(cached))) if turn.stream else json_response(cached)
 
     if turn.background:
         if not gateway.registry.has_native_endpoints():
@@ -141,10 +124,10 @@ async def create_response(request: Request) -> Response:
         job = await gateway.jobs.submit(turn)
         if turn.stream:
             return EventStreamResponse(sse_of_batches(job.follow()))
-        return _json(job.queued)
+        return json_response(job.queued)
 
     if not turn.stream:  # the run opens its upstream itself: one watch covers both waits
-        return _json(await _unless_client_leaves(request, run.answer()))
+        return json_response(await _unless_client_leaves(request, run.answer()))
     await _unless_client_leaves(request, run.open())
     try:
         await run.begin_stream()
@@ -158,19 +141,35 @@ async def create_response(request: Request) -> Response:
 async def count_input_tokens_route(request: Request) -> Response:
     """How many input tokens a create body would be (OpenAI ``POST /v1/responses/input_tokens``),
     its chain included; ``nomyo.exact`` says whether the backend's tokenizer counted them."""
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     try:
-        body = validate_input_tokens_body(await _parse_json(request), gateway.settings.max_input_items)
+        body = validate_input_tokens_body(await parse_json(request), gateway.settings.max_input_items)
     except InvalidInput as exc:
         raise bad_input(exc) from None
     named = body.get("model") is not None
-    turn = await prepare_turn(gateway.store, body if named else {**body, "model": ""}, _owner(request),
-                              gateway.settings.model_aliases, gateway.seal, gateway.chain_bounds)
+    turn = await prepare_turn(gateway.store, body if named else {**body, "model": ""}, owner_of(request),
+                              gateway.settings.model_aliases, gateway.seal, gateway.chain_bounds, claim=False)
     try:
         count = await count_input_tokens(gateway, turn) if named else estimate_input_tokens(turn)
     except InvalidInput as exc:
         raise bad_input(exc) from None
-    return _json(count.body())
+    return json_response(count.body())
+
+
+@router.post("/v1/responses/compact")
+async def compact_route(request: Request) -> Response:
+    """Compact a context (OpenAI ``POST /v1/responses/compact``): its user messages, then one
+    ``compaction`` item holding the model's summary of it (see ``engine.compaction``). Not stored."""
+    gateway = gateway_of(request)
+    try:
+        body = validate_compact_body(await parse_json(request), gateway.settings.max_input_items)
+    except InvalidInput as exc:
+        raise bad_input(exc) from None
+    turn = await prepare_turn(gateway.store, {**body, "store": False}, owner_of(request),
+                              gateway.settings.model_aliases, gateway.seal, gateway.chain_bounds)
+    turn.compacting = True
+    note(model=turn.model, response_id=turn.id)
+    return json_response(await _unless_client_leaves(request, compact(gateway, turn)))
 
 
 # ── retrieve, delete, cancel, input_items ─────────────────────────────────────
@@ -186,7 +185,7 @@ def _response_of(row: dict) -> dict:
 
 
 async def _row(request: Request, response_id: str) -> dict:
-    row = await _store(request).get_response(response_id, _owner(request))
+    row = await store_of(request).get_response(response_id, owner_of(request))
     if row is None:
         raise _not_found(response_id)
     return row
@@ -195,22 +194,24 @@ async def _row(request: Request, response_id: str) -> dict:
 @router.get("/v1/responses/{response_id}")
 async def retrieve_response(request: Request, response_id: str, stream: bool = False,
                             starting_after: int | None = Query(None, ge=-1, le=2**53)) -> Response:
-    """Retrieve a stored response; with ``stream=true`` replay its events after
-    ``starting_after`` and follow it while it runs (background responses)."""
+    """Retrieve a stored response (``include`` applied, see ``requests.include``); with
+    ``stream=true`` replay its events after ``starting_after`` and follow it while it runs
+    (background responses)."""
+    include = include_of(request)
     row = await _row(request, response_id)
     if not stream:
-        return _json(_response_of(row))
+        return json_response(view_response(_response_of(row), include, gateway_of(request).seal.seal))
     if not row["background"] and row["status"] in ("queued", "in_progress"):
         raise APIError(400, "Only background responses can be streamed while they run; retrieve this one "
                             "when it has finished.", param="stream", code="not_background")
     after = -1 if starting_after is None else starting_after
-    job = _gateway(request).jobs.jobs.get(response_id)
+    job = gateway_of(request).jobs.jobs.get(response_id)
     if job is not None and job.turn.stream:
         return EventStreamResponse(sse_of_batches(job.follow(after)))
     if job is not None:
-        await _gateway(request).jobs.wait(response_id)
+        await gateway_of(request).jobs.wait(response_id)
         row = await _row(request, response_id)
-    events = await _store(request).get_events(response_id, after)
+    events = await store_of(request).get_events(response_id, after)
     if not events:
         events = [e for e in response_to_events(_response_of(row), queued=row["background"])
                   if e["sequence_number"] > after]
@@ -221,10 +222,10 @@ async def retrieve_response(request: Request, response_id: str, stream: bool = F
 async def delete_response(request: Request, response_id: str) -> Response:
     """Delete a stored response (a running background job is cancelled first)."""
     await _row(request, response_id)
-    await _gateway(request).jobs.cancel(response_id)
-    if not await _store(request).delete_response(response_id, _owner(request)):
+    await gateway_of(request).jobs.cancel(response_id)
+    if not await store_of(request).delete_response(response_id, owner_of(request)):
         raise _not_found(response_id)
-    return _json({"id": response_id, "object": "response", "deleted": True})
+    return json_response({"id": response_id, "object": "response", "deleted": True})
 
 
 @router.post("/v1/responses/{response_id}/cancel")
@@ -236,24 +237,25 @@ async def cancel_response(request: Request, response_id: str) -> Response:
         raise APIError(400, "Only background responses can be cancelled.", param="response_id",
                        code="not_background")
     if row["status"] in ("queued", "in_progress"):
-        if not await _gateway(request).jobs.cancel(response_id):
+        if not await gateway_of(request).jobs.cancel(response_id):
             response = {**_response_of(row), "status": "cancelled", "completed_at": None}
-            await _store(request).update_response(response_id, response, only_if_active=True)
+            await store_of(request).update_response(response_id, response, only_if_active=True)
         row = await _row(request, response_id)
-    return _json(_response_of(row))
+    return json_response(_response_of(row))
 
 
 @router.get("/v1/responses/{response_id}/input_items")
 async def list_input_items(request: Request, response_id: str, limit: int = 20, order: str = "desc",
                            after: str | None = None) -> Response:
-    """The input items of a response, as a list object (``first_id``, ``last_id``, ``has_more``)."""
+    """The input items of a response, as a list object (``first_id``, ``last_id``, ``has_more``),
+    ``include`` applied."""
     if not 1 <= limit <= 100:
         raise APIError(400, "'limit' must be between 1 and 100.", param="limit")
     if order not in ("asc", "desc"):
         raise APIError(400, "'order' must be 'asc' or 'desc'.", param="order")
+    include = include_of(request)
     row = await _row(request, response_id)
-    items = [normalize_output_item(item) if item.get("type") == "message" and item.get("role") == "assistant"
-             else item for item in row["input_items"]]
+    items = view_items(stored_items_view(row["input_items"]), include, gateway_of(request).seal.seal)
     if order == "desc":
         items.reverse()
     if after is not None:
@@ -262,7 +264,7 @@ async def list_input_items(request: Request, response_id: str, limit: int = 20, 
             raise APIError(400, f"No input item with id '{after}'.", param="after")
         items = items[ids.index(after) + 1:]
     page = items[:limit]
-    return _json({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+    return json_response({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
                   "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit})
 
 
@@ -271,5 +273,5 @@ async def list_models(request: Request) -> Response:
     """Every model served by a reachable endpoint, in OpenAI's list shape."""
     now = int(time.time())
     data = [{"id": name, "object": "model", "created": now, "owned_by": "nomyo-router"}
-            for name in _gateway(request).registry.models()]
-    return _json({"object": "list", "data": data})
+            for name in gateway_of(request).registry.models()]
+    return json_response({"object": "list", "data": data})

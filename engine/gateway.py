@@ -172,6 +172,9 @@ async def open_gateway(settings: Settings, db_path: str, calls: BackendCalls) ->
         orphans = await store.fail_orphaned_responses()
         if orphans:
             log.warning("marked %d response(s) left unfinished by a previous process as failed", orphans)
+        freed = await store.free_stale_conversations()
+        if freed:
+            log.warning("freed %d conversation(s) held by turns of a previous process", freed)
         registry = Registry(settings)
         await registry.start()
         with _naming(f"the response cache {settings.cache_db_path} (cache_db_path)"

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 
 import orjson
 
-from engine.turn import Turn
+from engine.compaction import compact_if_due
+from engine.turn import Turn, release_conversation
 from engine.upstream import ChatChunks, Completion, NativeEvents, NativeResponse, Upstream, open_upstream
 from errors import APIError
 from logs import note
@@ -65,6 +66,8 @@ def completion_to_response(turn: Turn, completion: dict, seal: Callable[[dict], 
     items = chat_message_to_output_items(plain(choice.get("message") or {}), turn.tool_map, turn.wants_summary,
                                          seal, plain(choice.get("logprobs")))
     usage = usage_chat_to_responses(plain(completion.get("usage")))
+    if turn.compaction is not None:
+        items.insert(0, turn.compaction)
     reason = INCOMPLETE_REASONS.get(choice.get("finish_reason") or "")
     if reason:
         if items:  # the item the limit cut short
@@ -149,8 +152,12 @@ class TurnRun:
         items = [{**item, "id": new_id(_ID_PREFIXES.get(item.get("type"), "item"))}
                  for item in cached.get("output") or []]
         response = turn.response("completed", items, usage=cached.get("usage"))
-        if turn.store:
-            await save(self.gateway, turn, response)
+        self.final = response
+        try:
+            if turn.store:
+                await save(self.gateway, turn, response)
+        finally:
+            await self._end_conversation_turn(response)
         return response
 
     # ── running ───────────────────────────────────────────────────────────────
@@ -158,6 +165,7 @@ class TurnRun:
         """Choose an endpoint and send the turn (see :func:`engine.upstream.open_upstream`).
         Raises its APIError; nothing is held then."""
         note(model=self.turn.model, response_id=self.turn.id)
+        await compact_if_due(self.gateway, self.turn)
         self.upstream = await open_upstream(self.turn, self.gateway.calls, self.gateway.registry, self._slot)
         note(endpoint=self.upstream.endpoint, upstream_model=self.upstream.model)
 
@@ -235,7 +243,8 @@ class TurnRun:
             return NativeStreamTranslator(**self.turn.native_meta(), seq=self.seq)
         if isinstance(self.upstream.result, ChatChunks):
             return ChatStreamTranslator(self.turn.response("in_progress", completed_at=None), self.seq,
-                                        self.turn.tool_map, self.turn.wants_summary, self._seal())
+                                        self.turn.tool_map, self.turn.wants_summary, self._seal(),
+                                        leading=[self.turn.compaction] if self.turn.compaction else [])
         raise TypeError(f"a whole upstream answer ({type(self.upstream.result).__name__}) for a streamed turn")
 
     async def events(self) -> AsyncIterator[list[Event]]:
@@ -378,9 +387,31 @@ class TurnRun:
 
     async def _record(self, final: dict, *, answered: bool) -> None:
         turn = self.turn
-        if self.row_written:  # an update, so a response deleted meanwhile stays deleted
-            await self.gateway.store.update_response(turn.id, final, only_if_active=True)
-        elif turn.store and answered:
-            await save(self.gateway, turn, final)
+        try:
+            if self.row_written:  # an update, so a response deleted meanwhile stays deleted
+                await self.gateway.store.update_response(turn.id, final, only_if_active=True)
+            elif turn.store and answered:
+                await save(self.gateway, turn, final)
+        finally:
+            await self._end_conversation_turn(final)
         if self._cache_write is not None and final["status"] == "completed":
             await self._cache_write(final)
+
+    async def _end_conversation_turn(self, final: dict) -> None:
+        """Append the turn's input and output items to its conversation when it has an answer
+        (``completed`` or ``incomplete``; nothing when it failed or was cancelled) and free it;
+        a background turn put back in the queue keeps it. A store that cannot take it now takes
+        it later (``gateway.retry_later``), so the conversation is never left held."""
+        if self.turn.conversation_id is None or final["status"] == "queued":
+            return
+        items = None
+        if final["status"] in ("completed", "incomplete"):
+            items = self.turn.input_items + list(final.get("output") or [])
+        try:
+            await release_conversation(self.gateway.store, self.turn, items)
+        except Exception as exc:
+            log.error("conversation %s of response %s could not be updated: %s: %s", self.turn.conversation_id,
+                      self.turn.id, type(exc).__name__, exc)
+            self.gateway.retry_later(f"{self.turn.id}:conversation",
+                                     lambda: release_conversation(self.gateway.store, self.turn, items))
+            raise

@@ -8,6 +8,7 @@ an upstream in the form the chosen endpoint speaks (``engine.upstream``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,21 +16,35 @@ from functools import cached_property
 from typing import Any
 
 from db import ResponseStore
+from db_conversations import BUSY, MISSING
 from errors import APIError
 from reasoning_seal import ReasoningSeal, SealError
 from requests.common import SEALED_PREFIX
 from requests.tools import OUTPUT_ITEM_TYPES, ToolMap
-from requests.validation import METADATA_MAX_VALUE_CHARS
+from requests.validation import METADATA_MAX_VALUE_CHARS, conversation_id
 from requests.params import tool_map
 from requests.responses import (InvalidInput, build_response_object, new_id, normalize_input_items,
                                 responses_input_to_messages)
 
-__all__ = ["Turn", "ChainBounds", "prepare_turn", "bad_input"]
+__all__ = ["Turn", "ChainBounds", "prepare_turn", "resolve_input", "bad_input", "is_user_message",
+           "release_conversation"]
 
 log = logging.getLogger("nomyo_router.turn")
 
 #: The ``metadata`` key of a Response that says what its answer was given without.
 NOTICE_KEY = "nomyo_notice"
+#: What a Chat model is asked after the context it is to compact (the gateway's own prompt,
+#: ``engine.compaction``).
+SUMMARY_PROMPT = (
+    "Stop here and write a handover note of everything above, for whoever continues this work with "
+    "nothing else to go on. Keep: what the user wants and every requirement, preference and constraint "
+    "they gave; decisions taken and why; facts, names, numbers, paths and code that were found or written; "
+    "tools called and what they returned, where it still matters; what is done, what failed, and what is "
+    "left to do next. Leave out pleasantries and anything settled that no longer matters. Write the note "
+    "only, in plain prose and short lists, no preamble."
+)
+#: What a compaction item reads as, before its summary, when it is given to a model.
+SUMMARY_HEADING = "Earlier context, compacted into a summary:\n\n"
 
 
 def bad_input(exc: InvalidInput) -> APIError:
@@ -51,6 +66,15 @@ class Turn:
     upstream_model: str | None = None
     #: What the answer was given without (input the model refused), for the client to read.
     notices: list[str] = field(default_factory=list)
+    #: The conversation whose items are the history, held by this turn until it ends.
+    conversation_id: str | None = None
+    #: The summaries sealed in the gateway's own compaction items of the context, by ``encrypted_content``.
+    summaries: dict[str, str] = field(default_factory=dict)
+    #: A compaction request (``/v1/responses/compact``): the model is asked for a summary of the context.
+    compacting: bool = False
+    #: The compaction item this turn made (``context_management``), and where it goes in the context.
+    compaction: dict | None = None
+    compaction_at: int = 0
 
     @property
     def model(self) -> str:
@@ -93,19 +117,56 @@ class Turn:
         """Whether reasoning goes back to the client sealed (``include: ["reasoning.encrypted_content"]``)."""
         return "reasoning.encrypted_content" in (self.body.get("include") or ())
 
+    @property
+    def context_items(self) -> list[dict]:
+        """What the model is given: :attr:`items`, of which, before the last compaction item, only the
+        user messages stay (the compaction item stands for the rest); this turn's own compaction
+        (:meth:`compact_with`) goes in where it was made."""
+        items = _since_last_compaction(self.items)
+        if self.compaction is not None:
+            at = self.compaction_at
+            items = [item for item in items[:at] if is_user_message(item)] + [self.compaction] + items[at:]
+        return items
+
+    def compact_with(self, item: dict, summary: str, at: int) -> None:
+        """Use the compaction ``item`` (sealing ``summary``) for the first ``at`` items of
+        :attr:`context_items` from now on; it goes first in this turn's output."""
+        self.summaries[item["encrypted_content"]] = summary
+        self.compaction, self.compaction_at = item, at
+        self.__dict__.pop("messages", None)
+
+    @property
+    def native_items(self) -> list[dict]:
+        """The context as an upstream Responses API takes it: the gateway's own compaction items as
+        the summary they hold (a foreign one passes as it is)."""
+        return [self._summary_message(item) if item["type"] == "compaction" and item.get("encrypted_content")
+                in self.summaries else item for item in self.context_items]
+
+    def _summary_message(self, item: dict) -> dict:
+        return {"type": "message", "id": item["id"], "role": "user", "status": "completed",
+                "content": [{"type": "input_text", "text": SUMMARY_HEADING + self.summaries[item["encrypted_content"]]}]}
+
     @cached_property
     def messages(self) -> list[dict]:
-        """The Chat Completions messages of the whole chain plus this turn.
+        """The Chat Completions messages of the context (:attr:`context_items`); a compacting turn
+        ends with the request for the summary.
 
         Raises :class:`InvalidInput` for what Chat Completions cannot express
-        (an ``input_file`` by ``file_id``, reasoning sealed by someone else)."""
+        (an ``input_file`` by ``file_id``, reasoning or compaction sealed by someone else)."""
         for i, item in enumerate(self.input_items):
             blob = item.get("encrypted_content") if item["type"] == "reasoning" else None
             if blob and not (isinstance(blob, str) and blob.startswith(SEALED_PREFIX)):
                 raise InvalidInput("This reasoning's encrypted_content was not made by this gateway, and this "
                                    "model's backend cannot read it.", f"input[{i}].encrypted_content",
                                    "invalid_encrypted_content")
-        return responses_input_to_messages(self.items, self.body.get("instructions"))
+        items = self.native_items
+        for item in items:
+            if item["type"] == "compaction":
+                raise InvalidInput("A compaction item's encrypted_content was not made by this gateway, and this "
+                                   "model's backend cannot read it.", "input", "invalid_encrypted_content")
+        if self.compacting:
+            items = [*items, {"type": "message", "role": "user", "content": SUMMARY_PROMPT}]
+        return responses_input_to_messages(items, self.body.get("instructions"))
 
     @cached_property
     def tool_map(self) -> ToolMap:
@@ -131,6 +192,18 @@ class Turn:
                     background=self.background, model=self.model if self.upstream_model else None)
 
 
+def is_user_message(item: dict) -> bool:
+    return item.get("type") == "message" and item.get("role") == "user"
+
+
+def _since_last_compaction(items: list[dict]) -> list[dict]:
+    """``items`` with, before the last ``compaction`` item, only the user messages kept."""
+    for index in range(len(items) - 1, -1, -1):
+        if items[index].get("type") == "compaction":
+            return [item for item in items[:index] if is_user_message(item)] + items[index:]
+    return items
+
+
 async def _resolve_references(store: ResponseStore, items: list[dict], owner: str | None) -> list[dict]:
     refs = [item["id"] for item in items if item["type"] == "item_reference"]
     if not refs:
@@ -142,7 +215,7 @@ async def _resolve_references(store: ResponseStore, items: list[dict], owner: st
     return [found[item["id"]] if item["type"] == "item_reference" else item for item in items]
 
 
-def _unseal(items: list[dict], seal: ReasoningSeal) -> list[dict]:
+def _unseal(items: list[dict], seal: ReasoningSeal, param: str = "input") -> list[dict]:
     """Reasoning items that come back with the gateway's own ``encrypted_content`` get the
     content sealed in it. Raises APIError 400 for a blob that was altered or made under another key."""
     out = items
@@ -152,12 +225,47 @@ def _unseal(items: list[dict], seal: ReasoningSeal) -> list[dict]:
             try:
                 content = seal.open(blob)
             except SealError as exc:
-                raise APIError(400, str(exc), param=f"input[{i}].encrypted_content",
+                raise APIError(400, str(exc), param=f"{param}[{i}].encrypted_content",
                                code="invalid_encrypted_content") from None
             if out is items:
                 out = list(items)
             out[i] = {**item, "content": content}
     return out
+
+
+def _summaries(items: list[dict], seal: ReasoningSeal | None, param: str) -> dict[str, str]:
+    """The summaries sealed in the gateway's own compaction items, by ``encrypted_content``. Raises
+    APIError 400 ``invalid_encrypted_content`` for one that does not open (``param``: where the items
+    came from, ``input``/``items`` or the history's ``previous_response_id``/``conversation``)."""
+    out: dict[str, str] = {}
+    for i, item in enumerate(items):
+        blob = item.get("encrypted_content") if item["type"] == "compaction" else None
+        if seal is None or not (isinstance(blob, str) and blob.startswith(SEALED_PREFIX)):
+            continue
+        try:
+            out[blob] = seal.open_summary(blob)
+        except SealError as exc:
+            where = f"{param}[{i}].encrypted_content" if param.startswith(("input", "items")) else param
+            raise APIError(400, f"A compaction item: {exc}", param=where, code="invalid_encrypted_content") from None
+    return out
+
+
+async def resolve_input(store: ResponseStore, raw: Any, owner: str | None, seal: ReasoningSeal | None,
+                        param: str = "input") -> list[dict]:
+    """Items as a request sends them (``input``, a conversation's ``items``), made ready to store:
+    normalized, ``item_reference`` resolved, the gateway's own sealed reasoning opened and sealed
+    compaction checked. Raises APIError 400 (naming ``param``) or 404 ``item_not_found``."""
+    try:
+        items = normalize_input_items(raw)
+    except InvalidInput as exc:
+        if exc.param and exc.param.startswith("input"):
+            exc.param = param + exc.param[len("input"):]
+        raise bad_input(exc) from None
+    items = await _resolve_references(store, items, owner)
+    if seal is not None:
+        items = _unseal(items, seal, param)
+        _summaries(items, seal, param)
+    return items
 
 
 def _call_id_of_output(item: dict) -> str | None:
@@ -173,56 +281,98 @@ def _without_orphan_outputs(items: list[dict]) -> list[dict]:
 
 @dataclass(frozen=True)
 class ChainBounds:
-    """What one request may load of its ``previous_response_id`` chain (``max_chain_bytes``
-    of item JSON, ``max_chain_items`` items)."""
+    """What one request may load of its ``previous_response_id`` chain or its conversation
+    (``max_chain_bytes`` of item JSON, ``max_chain_items`` items)."""
 
     max_bytes: int = 16 * 1024 * 1024
     max_items: int = 10_000
 
 
+def _too_long(what: str, param: str, bounds: ChainBounds) -> APIError:
+    return APIError(400, f"{what} is longer than this gateway loads ({bounds.max_items} items, {bounds.max_bytes} "
+                         "bytes of items); send 'truncation': 'auto' to leave out its oldest turns.",
+                    param=param, code="context_length_exceeded")
+
+
 async def _load_history(store: ResponseStore, body: dict, owner: str | None, bounds: ChainBounds) -> list[dict]:
-    """The items of the chain before this turn. A chain past the bounds is a 400
-    ``context_length_exceeded`` with ``truncation: "disabled"`` (the default, as at OpenAI), and
-    loses its oldest turns with ``"auto"``."""
-    previous = body.get("previous_response_id")
-    if not previous:
+    """The items before this turn: its ``previous_response_id`` chain or its ``conversation``. One past
+    the bounds is a 400 ``context_length_exceeded`` with ``truncation: "disabled"`` (the default, as at
+    OpenAI), and loses its oldest items with ``"auto"``."""
+    previous, conversation = body.get("previous_response_id"), conversation_id(body)
+    if conversation:
+        found = await store.conversation_history(conversation, owner, max_bytes=bounds.max_bytes,
+                                                 max_items=bounds.max_items)
+        if found is None:
+            raise _conversation_not_found(conversation)
+        items, complete = found
+        what, param = f"The conversation '{conversation}'", "conversation"
+    elif previous:
+        chain = await store.get_chain(previous, owner, max_bytes=bounds.max_bytes, max_items=bounds.max_items)
+        if chain is None:
+            raise APIError(404, f"Previous response with id '{previous}' not found.",
+                           param="previous_response_id", code="previous_response_not_found")
+        items, complete = chain.items, chain.complete
+        what, param = f"The conversation before this turn (previous_response_id '{previous}')", "previous_response_id"
+    else:
         return []
-    chain = await store.get_chain(previous, owner, max_bytes=bounds.max_bytes, max_items=bounds.max_items)
-    if chain is None:
-        raise APIError(404, f"Previous response with id '{previous}' not found.",
-                       param="previous_response_id", code="previous_response_not_found")
-    if chain.complete:
-        return chain.items
+    if complete:
+        return items
     if body.get("truncation") != "auto":
-        raise APIError(400, f"The conversation before this turn (previous_response_id '{previous}') is longer than "
-                            f"this gateway loads ({bounds.max_items} items, {bounds.max_bytes} bytes of items); "
-                            "send 'truncation': 'auto' to leave out its oldest turns.",
-                       param="previous_response_id", code="context_length_exceeded")
-    log.info("truncation auto: the chain before %s kept its newest %d items", previous, len(chain.items))
-    return _without_orphan_outputs(chain.items)
+        raise _too_long(what, param, bounds)
+    log.info("truncation auto: %s kept its newest %d items", what, len(items))
+    return _without_orphan_outputs(items)
+
+
+def _conversation_not_found(conversation: str) -> APIError:
+    return APIError(404, f"Conversation with id '{conversation}' not found.", param="conversation",
+                    code="conversation_not_found")
+
+
+async def _claim(store: ResponseStore, conversation: str, owner: str | None, response_id: str) -> None:
+    """Hold ``conversation`` for the turn ``response_id``; 404 when it is not found, 409
+    ``conversation_locked`` while another turn runs on it (turns on one conversation never interleave)."""
+    claimed = await store.claim_conversation(conversation, owner, response_id)
+    if claimed == MISSING:
+        raise _conversation_not_found(conversation)
+    if claimed == BUSY:
+        holder = await store.conversation_holder(conversation)
+        raise APIError(409, f"Another response ({holder}) is in progress on conversation '{conversation}'; "
+                            "send this one when it has finished.", param="conversation", code="conversation_locked")
+
+
+async def release_conversation(store: ResponseStore, turn: Turn, items: list[dict] | None = None) -> None:
+    """Free ``turn``'s conversation, appending ``items`` (None: the turn failed, nothing is added);
+    nothing happens when the turn does not hold it (any more). Never cut short by a cancellation."""
+    if turn.conversation_id is not None:
+        await asyncio.shield(store.finish_conversation_turn(turn.conversation_id, turn.id, items))
 
 
 async def prepare_turn(store: ResponseStore, body: dict, owner: str | None,
                        aliases: dict[str, str] | None = None, seal: ReasoningSeal | None = None,
-                       bounds: ChainBounds = ChainBounds()) -> Turn:
+                       bounds: ChainBounds = ChainBounds(), *, claim: bool = True) -> Turn:
     """The :class:`Turn` of a validated create ``body`` for tenant ``owner``; ``aliases``
     (``model_aliases``) name the model the endpoints are asked for instead; ``seal``
-    opens reasoning the gateway sealed for the client (``encrypted_content``); ``bounds``
-    limit what the chain may load.
+    opens reasoning and compaction the gateway sealed for the client (``encrypted_content``);
+    ``bounds`` limit what the chain or conversation may load. With ``conversation`` and ``claim``
+    the turn holds the conversation from here (:func:`release_conversation` frees it).
 
     Raises APIError 400 for malformed input items, 404 ``item_not_found`` for an
-    ``item_reference`` and 404 ``previous_response_not_found`` for a
-    ``previous_response_id`` that this tenant has not stored, 400
-    ``invalid_encrypted_content`` for reasoning sealed by this gateway that does not open,
-    400 ``context_length_exceeded`` for a chain past ``bounds`` without ``truncation: "auto"``.
+    ``item_reference``, 404 ``previous_response_not_found`` or ``conversation_not_found``
+    for a chain or conversation that this tenant has not stored, 409 ``conversation_locked``,
+    400 ``invalid_encrypted_content`` for reasoning or compaction sealed by this gateway that does
+    not open, 400 ``context_length_exceeded`` for history past ``bounds`` without ``truncation: "auto"``.
     """
+    input_items = await resolve_input(store, body.get("input"), owner, seal)
+    turn_id, conversation = new_id("resp"), conversation_id(body)
+    if conversation and claim:
+        await _claim(store, conversation, owner, turn_id)
+    turn = Turn(id=turn_id, body=body, owner=owner, input_items=input_items,
+                upstream_model=(aliases or {}).get(body["model"]), conversation_id=conversation if claim else None)
     try:
-        input_items = normalize_input_items(body.get("input"))
-    except InvalidInput as exc:
-        raise bad_input(exc) from None
-    input_items = await _resolve_references(store, input_items, owner)
-    if seal is not None:
-        input_items = _unseal(input_items, seal)
-    history = await _load_history(store, body, owner, bounds)
-    return Turn(id=new_id("resp"), body=body, owner=owner, input_items=input_items, history=history,
-                upstream_model=(aliases or {}).get(body["model"]))
+        turn.history = await _load_history(store, body, owner, bounds)
+        history_param = "conversation" if conversation else "previous_response_id"
+        turn.summaries = _summaries(turn.history, seal, history_param) | _summaries(input_items, seal, "input")
+    except BaseException:
+        await release_conversation(store, turn)
+        raise
+    return turn

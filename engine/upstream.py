@@ -20,13 +20,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
-from backends import BackendStreamError, BackendTimeout, BackendUnavailable, Registry, create_native_response
+from backends import (BackendStreamError, BackendTimeout, BackendUnavailable, Registry, compact_native,
+                      create_native_response)
 from chat_client import ChatStream
 from engine.turn import Turn, bad_input
 from errors import APIError
 from metrics import BACKEND_ERRORS
 from requests.common import plain
-from requests.native import native_request
+from requests.native import native_compact_request, native_request
 from requests.params import chat_request_params, dropped_hosted_tools, without_refused_input
 from requests.responses import InvalidInput
 
@@ -168,8 +169,11 @@ async def _send(turn: Turn, calls: BackendCalls, registry: Registry, endpoint: s
     try:
         async with asyncio.timeout_at(deadline):
             if calls.is_ext_openai_endpoint(registry, endpoint):
+                if turn.compacting:
+                    return NativeResponse(plain(await compact_native(client, native_compact_request(
+                        turn.body, turn.native_items, model))))
                 result = await create_native_response(
-                    client, native_request(turn.body, turn.items, model, stream=turn.stream))
+                    client, native_request(turn.body, turn.native_items, model, stream=turn.stream))
                 if not turn.stream:
                     return NativeResponse(plain(result))
                 return NativeEvents(_batches(result, deadline, seconds), result)

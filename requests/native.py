@@ -14,14 +14,14 @@ from requests.events import (TERMINAL_TYPES, Event, Sequencer, closing_events, e
 from requests.common import SEALED_PREFIX
 from requests.responses import build_response_object, complete_usage, normalize_output_item
 
-__all__ = ["native_request", "native_input", "native_to_response", "NativeStreamTranslator"]
+__all__ = ["native_request", "native_compact_request", "native_input", "native_to_response", "NativeStreamTranslator"]
 
 #: Create fields sent to an upstream Responses API as they came: an allowlist, so nothing a
 #: client sends can become an option of the upstream call itself (headers, query, timeout, body).
 NATIVE_FIELDS = ("instructions", "tools", "tool_choice", "parallel_tool_calls", "temperature", "top_p",
                  "max_output_tokens", "max_tool_calls", "top_logprobs", "metadata", "text", "reasoning", "user",
                  "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
-                 "service_tier", "truncation", "include")
+                 "service_tier", "truncation", "include", "context_management")
 #: Accepted create fields that the SDK's ``responses.create`` does not name: sent in the body.
 NATIVE_BODY_FIELDS = ("client_metadata", "presence_penalty", "frequency_penalty")
 
@@ -63,6 +63,18 @@ def native_request(body: dict, items: list[dict], model: str, *, stream: bool) -
     params.update(model=model, input=native_input(items), store=False)
     if stream:
         params["stream"] = True
+    return params
+
+
+#: Compact fields an upstream Responses API takes as they came.
+NATIVE_COMPACT_FIELDS = ("instructions", "prompt_cache_key", "prompt_cache_retention")
+
+
+def native_compact_request(body: dict, items: list[dict], model: str) -> dict:
+    """The upstream ``responses.compact`` keyword arguments: ``model`` the endpoint's, ``input`` the
+    whole context (``items``), :data:`NATIVE_COMPACT_FIELDS` as sent."""
+    params = {k: body[k] for k in NATIVE_COMPACT_FIELDS if body.get(k) is not None}
+    params.update(model=model, input=native_input(items))
     return params
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "messages_to_responses_input",
     "chat_message_to_output_items",
     "normalize_output_item",
+    "stored_items_view",
     "usage_chat_to_responses",
     "complete_usage",
     "tools_responses_to_chat",
@@ -159,6 +160,10 @@ def normalize_input_items(input: str | list | None) -> list[dict]:
             if not isinstance(raw.get("id"), str):
                 raise InvalidInput("item_reference needs a string 'id'.", f"{param}.id")
             items.append({"type": "item_reference", "id": raw["id"]})
+        elif item_type == "compaction":
+            _require_str(raw, "encrypted_content", param)
+            items.append({"type": "compaction", "id": raw.get("id") or new_id("cmp"),
+                          "encrypted_content": raw["encrypted_content"]})
         elif item_type in _TOOL_ITEM_FIELDS:
             items.append(_normalize_tool_item(raw, item_type, param))
         else:
@@ -436,6 +441,13 @@ def normalize_output_item(item: dict, status: str = "completed") -> dict:
     return out
 
 
+def stored_items_view(items: list[dict]) -> list[dict]:
+    """Stored items as a list endpoint gives them: assistant messages with every field their
+    output type has (:func:`normalize_output_item`), the others as stored."""
+    return [normalize_output_item(item) if item.get("type") == "message" and item.get("role") == "assistant"
+            else item for item in items]
+
+
 def logprobs_chat_to_responses(logprobs: Any) -> list[dict]:
     """Chat ``choice.logprobs`` (``{"content": [{token, logprob, bytes, top_logprobs}]}``) as the
     ``logprobs`` list of an ``output_text`` part (``openai.types.responses.response_output_text.Logprob``)."""
@@ -494,6 +506,13 @@ def output_text_of(output_items: Iterable[dict]) -> str:
     return "".join(part.get("text", "")
                    for item in output_items if item.get("type") == "message"
                    for part in item.get("content") or () if part.get("type") == "output_text")
+
+
+def _conversation_echo(conversation: Any) -> dict | None:
+    """A create's ``conversation`` (an id or ``{"id"}``) as the Response's ``{"id"}``."""
+    if isinstance(conversation, dict):
+        conversation = conversation.get("id")
+    return {"id": conversation} if isinstance(conversation, str) else None
 
 
 def build_response_object(*, response_id: str, model: str, output_items: list[dict],
@@ -555,6 +574,7 @@ def build_response_object(*, response_id: str, model: str, output_items: list[di
         "metadata": req.get("metadata") or {},
         "safety_identifier": req.get("safety_identifier"),
         "prompt_cache_key": req.get("prompt_cache_key"),
+        "conversation": _conversation_echo(req.get("conversation")),
         "output_text": output_text_of(output),
     }
 

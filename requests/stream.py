@@ -104,18 +104,20 @@ class ChatStreamTranslator:
     the events (a new :class:`Sequencer` from 0 when None); ``tools`` (the
     request's :class:`requests.tools.ToolMap`) says which item each tool call
     becomes; ``summary`` streams reasoning as the reasoning summary too; ``seal``
-    gives reasoning items their ``encrypted_content``. ``items`` holds the
-    finished output items.
+    gives reasoning items their ``encrypted_content``; ``leading`` are finished items
+    that open the output (sent right after ``response.in_progress``). ``items`` holds
+    the finished output items.
     """
 
     def __init__(self, response: dict, seq: Sequencer | None = None, tools: ToolMap | None = None,
-                 summary: bool = False, seal: Callable[[dict], str] | None = None):
+                 summary: bool = False, seal: Callable[[dict], str] | None = None, leading: list[dict] = ()):
         self.response = response
         self.seq = seq or Sequencer()
         self.tools = tools
         self.summary = summary      # reasoning text is also streamed as the reasoning summary
         self.seal = seal            # gives reasoning items their encrypted_content
         self.items: list[dict] = []
+        self._leading = list(leading)   # finished items that open the output (a compaction)
         self.usage: dict | None = None
         self.finish_reason: str | None = None
         self.final: dict | None = None
@@ -133,9 +135,11 @@ class ChatStreamTranslator:
         stream whose ``created``/``queued`` were sent already): ``in_progress`` alone."""
         self.response = {**self.response, "status": "in_progress"}
         in_progress = ev.response_event("response.in_progress", self.response)
-        if resumed:
-            return [self.seq(in_progress)]
-        return self.seq.all([ev.response_event("response.created", self.response), in_progress])
+        events = [in_progress] if resumed else [ev.response_event("response.created", self.response), in_progress]
+        for item in self._leading:
+            events += ev.replay_item(len(self.items), item)
+            self.items.append(item)
+        return self.seq.all(events)
 
     def feed(self, chunk: dict) -> list[Event]:
         """Translate one chunk (``choices[0].delta`` and optional ``usage``).

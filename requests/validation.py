@@ -13,12 +13,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from requests.responses import InvalidInput
 
-__all__ = ["CreateResponseBody", "InputTokensBody", "validate_create_body", "validate_input_tokens_body",
-           "METADATA_MAX_KEYS"]
+__all__ = ["CreateResponseBody", "InputTokensBody", "ConversationCreateBody", "ConversationUpdateBody",
+           "ConversationItemsBody", "CompactBody", "validate_create_body", "validate_compact_body", "validate_input_tokens_body", "validate_body",
+           "conversation_id", "METADATA_MAX_KEYS"]
 
 METADATA_MAX_KEYS = 16
 METADATA_MAX_KEY_CHARS = 64
 METADATA_MAX_VALUE_CHARS = 512
+
+
+def _check_metadata(cls: type, value: dict[str, str] | None) -> dict[str, str] | None:
+    """OpenAI's metadata limits (a pydantic field validator)."""
+    if value is None:
+        return value
+    if len(value) > METADATA_MAX_KEYS:
+        raise ValueError(f"metadata may have at most {METADATA_MAX_KEYS} keys")
+    for key, item in value.items():
+        if len(key) > METADATA_MAX_KEY_CHARS:
+            raise ValueError(f"metadata keys may have at most {METADATA_MAX_KEY_CHARS} characters")
+        if len(item) > METADATA_MAX_VALUE_CHARS:
+            raise ValueError(f"metadata values may have at most {METADATA_MAX_VALUE_CHARS} characters")
+    return value
 
 
 class CreateResponseBody(BaseModel):
@@ -56,21 +71,11 @@ class CreateResponseBody(BaseModel):
     prompt_cache_retention: str | None = None
     prompt_cache_options: dict[str, Any] | None = None
     client_metadata: dict[str, Any] | None = None
+    conversation: str | dict[str, Any] | None = None
+    context_management: list[dict[str, Any]] | None = None
     nomyo: dict[str, Any] | None = None
 
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is None:
-            return value
-        if len(value) > METADATA_MAX_KEYS:
-            raise ValueError(f"metadata may have at most {METADATA_MAX_KEYS} keys")
-        for key, item in value.items():
-            if len(key) > METADATA_MAX_KEY_CHARS:
-                raise ValueError(f"metadata keys may have at most {METADATA_MAX_KEY_CHARS} characters")
-            if len(item) > METADATA_MAX_VALUE_CHARS:
-                raise ValueError(f"metadata values may have at most {METADATA_MAX_VALUE_CHARS} characters")
-        return value
+    _metadata_limits = field_validator("metadata")(_check_metadata)
 
     @field_validator("text")
     @classmethod
@@ -87,7 +92,7 @@ class CreateResponseBody(BaseModel):
 
 #: Create fields of ``openai.types.responses.ResponseCreateParams`` the gateway does not act on yet:
 #: a request with one is refused (400 naming it), never served as if it were absent.
-NOT_YET_SUPPORTED = ("conversation", "context_management", "prompt", "access_programs", "background_options",
+NOT_YET_SUPPORTED = ("prompt", "access_programs", "background_options",
                      "image", "moderation")
 
 
@@ -118,7 +123,43 @@ def validate_create_body(data: Any, max_input_items: int | None = None) -> dict:
     if data.get("background") and data.get("store") is False:
         raise InvalidInput("Background responses need 'store': true (the default).", "background")
     _check_item_count(data, max_input_items)
+    _check_conversation(data)
+    _check_context_management(data.get("context_management"))
     return data
+
+
+def conversation_id(body: dict) -> str | None:
+    """The id of a body's ``conversation`` (a string or ``{"id": ...}``), or None."""
+    value = body.get("conversation")
+    return value.get("id") if isinstance(value, dict) else value
+
+
+def _check_conversation(data: dict) -> None:
+    value = data.get("conversation")
+    if value is None:
+        return
+    if isinstance(value, dict) and (set(value) != {"id"} or not isinstance(value["id"], str)):
+        raise InvalidInput("'conversation' must be a conversation id or an object with just an 'id'.", "conversation")
+    if not conversation_id(data):
+        raise InvalidInput("'conversation' must name a conversation.", "conversation")
+    if data.get("previous_response_id") is not None:
+        raise InvalidInput("'previous_response_id' and 'conversation' cannot be used together.", "conversation",
+                           "mutually_exclusive_parameters")
+
+
+def _check_context_management(entries: list[dict] | None) -> None:
+    for i, entry in enumerate(entries or ()):
+        where = f"context_management[{i}]"
+        if entry.get("type") != "compaction":
+            raise InvalidInput("The one context_management type is 'compaction'.", f"{where}.type")
+        unknown = set(entry) - {"type", "compact_threshold"}
+        if unknown:
+            raise InvalidInput(f"Unknown parameter: '{where}.{sorted(unknown)[0]}'.", f"{where}.{sorted(unknown)[0]}",
+                               "unknown_parameter")
+        threshold = entry.get("compact_threshold")
+        if threshold is not None and (type(threshold) is not int or threshold < 1):
+            raise InvalidInput("'compact_threshold' must be a positive integer (tokens).",
+                               f"{where}.compact_threshold")
 
 
 def _validate(model: type[BaseModel], data: dict) -> None:
@@ -155,17 +196,80 @@ class InputTokensBody(BaseModel):
     reasoning: dict[str, Any] | None = None
     truncation: Literal["auto", "disabled"] | None = None
     personality: str | None = None
-    conversation: Any = None
+    conversation: str | dict[str, Any] | None = None
 
 
 def validate_input_tokens_body(data: Any, max_input_items: int | None = None) -> dict:
     """Check a parsed input-token-count body; return it. Raises :class:`InvalidInput` as
-    :func:`validate_create_body` does; ``conversation`` is not supported yet."""
+    :func:`validate_create_body` does."""
     if not isinstance(data, dict):
         raise InvalidInput("The request body must be a JSON object.")
-    if data.get("conversation") is not None:
-        raise InvalidInput("'conversation' is not supported by this gateway yet.", "conversation",
-                           "unsupported_parameter")
     _validate(InputTokensBody, data)
     _check_item_count(data, max_input_items)
+    _check_conversation(data)
+    return data
+
+
+class CompactBody(BaseModel):
+    """The body of ``POST /v1/responses/compact`` (``openai.types.responses.ResponseCompactParams``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[dict[str, Any]] | None = None
+    instructions: str | None = None
+    previous_response_id: str | None = Field(None, min_length=1, max_length=256)
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+
+
+def validate_compact_body(data: Any, max_input_items: int | None = None) -> dict:
+    """Check a parsed compact body; return it. Raises :class:`InvalidInput` as
+    :func:`validate_create_body` does."""
+    if not isinstance(data, dict):
+        raise InvalidInput("The request body must be a JSON object.")
+    _validate(CompactBody, data)
+    _check_item_count(data, max_input_items)
+    return data
+
+
+#: At most this many items go into a conversation in one request (OpenAI's limit).
+CONVERSATION_ITEMS_PER_REQUEST = 20
+
+
+class ConversationCreateBody(BaseModel):
+    """``POST /v1/conversations`` (``openai.types.conversations.ConversationCreateParams``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    items: list[dict[str, Any]] | None = Field(None, max_length=CONVERSATION_ITEMS_PER_REQUEST)
+    metadata: dict[str, str] | None = None
+
+    _metadata_limits = field_validator("metadata")(_check_metadata)
+
+
+class ConversationUpdateBody(BaseModel):
+    """``POST /v1/conversations/{id}`` (``ConversationUpdateParams``: ``metadata`` is required)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    metadata: dict[str, str] | None
+
+    _metadata_limits = field_validator("metadata")(_check_metadata)
+
+
+class ConversationItemsBody(BaseModel):
+    """``POST /v1/conversations/{id}/items`` (``ItemCreateParams``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=CONVERSATION_ITEMS_PER_REQUEST)
+
+
+def validate_body(model: type[BaseModel], data: Any) -> dict:
+    """Check a parsed body against ``model`` (one of the Conversations bodies); return it.
+    Raises :class:`InvalidInput` naming the first offending field."""
+    if not isinstance(data, dict):
+        raise InvalidInput("The request body must be a JSON object.")
+    _validate(model, data)
     return data
