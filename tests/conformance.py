@@ -164,11 +164,11 @@ def sdk_item(item: dict) -> Any:
 # ── whole-object checks ────────────────────────────────────────────────────────
 
 def check_items(output: list[dict]) -> None:
-    """Every output item has an ``id`` and a ``status`` (but ``custom_tool_call``, whose SDK type has
-    none); every ``output_text`` part has ``annotations`` and ``logprobs`` lists."""
+    """Every output item has an ``id`` and a ``status`` (but ``custom_tool_call`` and ``compaction``,
+    whose SDK types have none); every ``output_text`` part has ``annotations`` and ``logprobs`` lists."""
     for n, item in enumerate(output):
         assert isinstance(item.get("id"), str) and item["id"], f"output[{n}] has no id: {item}"
-        if item.get("type") != "custom_tool_call":
+        if item.get("type") not in ("custom_tool_call", "compaction"):
             assert item.get("status") in ("in_progress", "completed", "incomplete"), \
                 f"output[{n}] has no valid status: {item}"
         for part in item.get("content") or () if item.get("type") == "message" else ():
@@ -313,7 +313,7 @@ def check_stream(events: list[dict], *, spec: bool = True, queued: bool = False,
             assert open_item is None, f"item {e['output_index']} added while {open_item.index} is open"
             assert e["output_index"] == next_index, f"output_index {e['output_index']} != {next_index}"
             item = e["item"]
-            assert item.get("status") == "in_progress" or item.get("type") == "custom_tool_call", \
+            assert item.get("status") == "in_progress" or item.get("type") in ("custom_tool_call", "compaction"), \
                 f"added item not in_progress: {item}"
             assert isinstance(item.get("id"), str) and item["id"]
             if item["type"] in ("message", "reasoning"):
@@ -402,7 +402,7 @@ def check_stream(events: list[dict], *, spec: bool = True, queued: bool = False,
         elif t == "response.output_item.done":
             item = e["item"]
             assert item["id"] == open_item.item["id"] and item["type"] == kind, "the item changed identity"
-            assert item.get("status") in ("completed", "incomplete") or kind == "custom_tool_call", \
+            assert item.get("status") in ("completed", "incomplete") or kind in ("custom_tool_call", "compaction"), \
                 f"done item without a final status: {item}"
             if kind in ("message", "reasoning"):
                 assert all(p["done"] for p in open_item.parts), "output_item.done with a part still open"
