@@ -133,6 +133,15 @@ class Settings(BaseSettings):
     #: Web origins (``https://app.example``) allowed to call the gateway from a browser (CORS);
     #: ``"*"``: any. A request carrying another ``Origin`` is a 403.
     cors_allowed_origins: list[str] = Field(default_factory=list)
+    #: Hosts an ``input_file``'s ``file_url`` may be fetched from for a Chat backend: names
+    #: (``files.example.com``, ``*.example.com``), addresses or networks (``10.0.0.0/8``). Empty:
+    #: none. An address in a loopback, private, link-local or reserved range is refused unless an
+    #: address or network entry here covers it (a name alone never opens one).
+    file_url_allowed_hosts: list[str] = Field(default_factory=list)
+    #: The largest file one ``file_url`` may bring, in bytes; past it a 400.
+    file_url_max_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    #: Seconds one ``file_url`` fetch may take, from connecting to its last byte.
+    file_url_timeout: float = Field(10, gt=0)
     #: Background responses queued or running at once; past it a background create is a 429.
     max_background_jobs: int = Field(256, ge=1)
     #: The largest whole (non-streamed) answer taken from a backend; past it the answer is a 502.

@@ -174,11 +174,12 @@ class ConversationTables:
 
     # ── one turn at a time ────────────────────────────────────────────────────
     async def claim_conversation(self, id: str, owner: str | None, response_id: str) -> str:
-        """Mark the conversation as used by the turn ``response_id``: :data:`CLAIMED`, or
+        """Mark the conversation as used by the turn ``response_id`` (which may hold it already: a
+        queued turn run again): :data:`CLAIMED`, or
         :data:`MISSING` (not found for ``owner``), or :data:`BUSY` (another turn holds it)."""
         cursor = await self._execute(
-            "UPDATE conversations SET active_response = ? WHERE id = ? AND owner IS ? AND active_response IS NULL",
-            (response_id, id, owner))
+            "UPDATE conversations SET active_response = ? WHERE id = ? AND owner IS ?"
+            " AND (active_response IS NULL OR active_response = ?)", (response_id, id, owner, response_id))
         if cursor.rowcount:
             return CLAIMED
         return BUSY if await self._owns(id, owner) else MISSING

@@ -101,7 +101,7 @@ async def create_response(request: Request) -> Response:
     it until the turn ends; whatever ends the request before its run settles frees it here."""
     gateway = gateway_of(request)
     turn = await prepare_turn(gateway.store, await _parse_body(request), owner_of(request),
-                              gateway.settings.model_aliases, gateway.seal, gateway.chain_bounds)
+                              gateway.settings.model_aliases, gateway.seal, gateway.chain_bounds, files=gateway.files)
     try:
         return await _run(request, gateway, turn)
     except BaseException:
@@ -118,6 +118,7 @@ async def _run(request: Request, gateway: Gateway, turn: Turn) -> Response:
     if turn.background:
         if not gateway.registry.has_native_endpoints():
             try:  # only Chat endpoints: input Chat cannot express is a 400 now, not a failed job later
+                await turn.load_files()
                 turn.messages
             except InvalidInput as exc:
                 raise bad_input(exc) from None
@@ -148,8 +149,11 @@ async def count_input_tokens_route(request: Request) -> Response:
         raise bad_input(exc) from None
     named = body.get("model") is not None
     turn = await prepare_turn(gateway.store, body if named else {**body, "model": ""}, owner_of(request),
-                              gateway.settings.model_aliases, gateway.seal, gateway.chain_bounds, claim=False)
+                              gateway.settings.model_aliases, gateway.seal, gateway.chain_bounds, claim=False,
+                              files=gateway.files)
     try:
+        if not named:
+            await turn.load_files()
         count = await count_input_tokens(gateway, turn) if named else estimate_input_tokens(turn)
     except InvalidInput as exc:
         raise bad_input(exc) from None
@@ -166,7 +170,7 @@ async def compact_route(request: Request) -> Response:
     except InvalidInput as exc:
         raise bad_input(exc) from None
     turn = await prepare_turn(gateway.store, {**body, "store": False}, owner_of(request),
-                              gateway.settings.model_aliases, gateway.seal, gateway.chain_bounds)
+                              gateway.settings.model_aliases, gateway.seal, gateway.chain_bounds, files=gateway.files)
     turn.compacting = True
     note(model=turn.model, response_id=turn.id)
     return json_response(await _unless_client_leaves(request, compact(gateway, turn)))

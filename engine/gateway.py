@@ -21,6 +21,7 @@ from backends import Registry
 from cache import LLMCache, open_llm_cache
 from config import Settings, key_tag
 from db import ResponseStore
+from engine.files import FileFetcher
 from engine.jobs import JobManager
 from engine.turn import ChainBounds
 from engine.upstream import BackendCalls
@@ -46,6 +47,8 @@ class Gateway:
     calls: BackendCalls
     seal: ReasoningSeal
     jobs: JobManager = field(init=False)
+    #: Fetches ``file_url`` files for Chat backends, where ``file_url_allowed_hosts`` allows.
+    files: FileFetcher = field(init=False)
     #: Store writes that failed and are tried again, by response id.
     retrying: dict[str, asyncio.Task] = field(init=False, default_factory=dict)
     #: Turns running now (``engine.runner.TurnRun``), foreground and background.
@@ -53,6 +56,7 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self.jobs = JobManager(self)
+        self.files = FileFetcher(*_file_settings(self.settings))
 
     def gauges(self) -> dict:
         """What the metrics' gauges show now: slots in use, requests queued, background jobs."""
@@ -80,6 +84,7 @@ class Gateway:
             log.warning("reload: %s need(s) a restart; the old value is kept", ", ".join(fixed))
             settings = settings.model_copy(update={key: getattr(self.settings, key) for key in fixed})
         await self.registry.reconfigure(settings)
+        self.files.configure(*_file_settings(settings))
         self.settings = settings
         configure_logging(settings.log_level, settings.log_format)
         log.info("reload: configuration taken (%d endpoint(s), %d key(s))", len(self.registry.endpoints),
@@ -128,10 +133,15 @@ class Gateway:
         finally:
             try:
                 await self.registry.close()
+                await self.files.close()
                 if self.cache is not None:
                     await self.cache.close()
             finally:
                 await self.store.close()
+
+
+def _file_settings(settings: Settings) -> tuple[list[str], int, float]:
+    return settings.file_url_allowed_hosts, settings.file_url_max_bytes, settings.file_url_timeout
 
 
 #: Settings a running gateway keeps until it restarts (the last three are the HTTP server's).

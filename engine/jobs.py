@@ -91,13 +91,14 @@ class JobManager:
         for row in await gateway.store.queued_background():
             try:
                 turn = await prepare_turn(gateway.store, row["request"], row["owner"], gateway.settings.model_aliases,
-                                          gateway.seal, gateway.chain_bounds)
+                                          gateway.seal, gateway.chain_bounds, files=gateway.files,
+                                          response_id=row["id"])
             except APIError as exc:
                 failed = {**(row["response"] or {}), "status": "failed", "completed_at": None,
                           "error": {"code": "server_error", "message": f"Could not be resumed: {exc.message}"}}
                 await gateway.store.update_response(row["id"], failed, only_if_active=True)
                 continue
-            turn.id, turn.created_at = row["id"], row["created_at"]
+            turn.created_at = row["created_at"]
             self._start(turn, row["response"] or turn.response("queued", completed_at=None))
             resumed += 1
         return resumed

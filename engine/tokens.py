@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 import openai
@@ -97,13 +97,15 @@ async def count_input_tokens(gateway: Gateway, turn: Turn) -> TokenCount:
         client = gateway.calls._make_openai_client(registry, endpoint.url)
         fields = {key: turn.body[key] for key in _NATIVE_COUNT_FIELDS if turn.body.get(key) is not None}
         try:
-            counted = await client.responses.input_tokens.count(model=name, input=native_input(turn.items), **fields)
+            counted = await client.responses.input_tokens.count(model=name, input=native_input(turn.native_items),
+                                                             **fields)
         except openai.APIError as exc:  # as the create path maps the SDK's errors
             raise backend_error(client, exc) from None
         return TokenCount(int(plain(counted)["input_tokens"]), True, "upstream")
     if turn.body.get("personality") is not None:
         raise APIError(400, "'personality' applies only on an upstream Responses API; this model's backend "
                             "speaks Chat Completions.", param="personality", code="unsupported_parameter")
+    await turn.load_files()
     params = chat_request_params(turn.body, turn.messages, name, stream=False,
                                  hosted_policy=registry.settings.hosted_tool_policy)
     if endpoint.kind == "llama_server":

@@ -17,9 +17,11 @@ from typing import Any
 
 from db import ResponseStore
 from db_conversations import BUSY, MISSING
+from engine.files import FileFetcher, file_urls
 from errors import APIError
 from reasoning_seal import ReasoningSeal, SealError
 from requests.common import SEALED_PREFIX
+from requests.files import part_text
 from requests.tools import OUTPUT_ITEM_TYPES, ToolMap
 from requests.validation import METADATA_MAX_VALUE_CHARS, conversation_id
 from requests.params import tool_map
@@ -75,6 +77,9 @@ class Turn:
     #: The compaction item this turn made (``context_management``), and where it goes in the context.
     compaction: dict | None = None
     compaction_at: int = 0
+    #: Fetches ``file_url`` files for a Chat backend (``engine.files``); what it brought, by URL.
+    files: FileFetcher | None = None
+    fetched: dict[str, tuple[bytes, str | None]] = field(default_factory=dict)
 
     @property
     def model(self) -> str:
@@ -164,9 +169,32 @@ class Turn:
             if item["type"] == "compaction":
                 raise InvalidInput("A compaction item's encrypted_content was not made by this gateway, and this "
                                    "model's backend cannot read it.", "input", "invalid_encrypted_content")
+        items = [self._files_as_text(item, i) for i, item in enumerate(items)]
         if self.compacting:
             items = [*items, {"type": "message", "role": "user", "content": SUMMARY_PROMPT}]
         return responses_input_to_messages(items, self.body.get("instructions"))
+
+    def _files_as_text(self, item: dict, index: int) -> dict:
+        """``item`` with each ``input_file`` part as the text it holds (``requests.files``)."""
+        key = "content" if item["type"] == "message" else "output"
+        parts = item.get(key)
+        if not isinstance(parts, list) or not any(isinstance(p, dict) and p.get("type") == "input_file" for p in parts):
+            return item
+        where = f"input[{index}].{key}"
+        return {**item, key: [{"type": "input_text", "text": part_text(p, f"{where}[{j}]", self.fetched)}
+                              if isinstance(p, dict) and p.get("type") == "input_file" else p
+                              for j, p in enumerate(parts)]}
+
+    async def load_files(self) -> None:
+        """Fetch the ``file_url`` files of the context, for a Chat backend (each URL once a turn).
+        Raises :class:`InvalidInput` for one that may not or cannot be fetched."""
+        wanted = [(url, where) for url, where in file_urls(self.native_items) if url not in self.fetched]
+        for url, where in wanted:
+            if self.files is None:
+                raise InvalidInput("This gateway fetches no file_url.", f"{where}.file_url", "file_url_not_allowed")
+            self.fetched[url] = await self.files.fetch(url, where)
+        if wanted:
+            self.__dict__.pop("messages", None)
 
     @cached_property
     def tool_map(self) -> ToolMap:
@@ -349,12 +377,15 @@ async def release_conversation(store: ResponseStore, turn: Turn, items: list[dic
 
 async def prepare_turn(store: ResponseStore, body: dict, owner: str | None,
                        aliases: dict[str, str] | None = None, seal: ReasoningSeal | None = None,
-                       bounds: ChainBounds = ChainBounds(), *, claim: bool = True) -> Turn:
+                       bounds: ChainBounds = ChainBounds(), *, claim: bool = True,
+                       files: FileFetcher | None = None, response_id: str | None = None) -> Turn:
     """The :class:`Turn` of a validated create ``body`` for tenant ``owner``; ``aliases``
     (``model_aliases``) name the model the endpoints are asked for instead; ``seal``
     opens reasoning and compaction the gateway sealed for the client (``encrypted_content``);
     ``bounds`` limit what the chain or conversation may load. With ``conversation`` and ``claim``
-    the turn holds the conversation from here (:func:`release_conversation` frees it).
+    the turn holds the conversation from here (:func:`release_conversation` frees it); ``files``
+    fetches its ``file_url`` files should a Chat backend need them. ``response_id``: the turn's id
+    when it has one already (a queued background response run again; it holds its conversation still).
 
     Raises APIError 400 for malformed input items, 404 ``item_not_found`` for an
     ``item_reference``, 404 ``previous_response_not_found`` or ``conversation_not_found``
@@ -363,11 +394,12 @@ async def prepare_turn(store: ResponseStore, body: dict, owner: str | None,
     not open, 400 ``context_length_exceeded`` for history past ``bounds`` without ``truncation: "auto"``.
     """
     input_items = await resolve_input(store, body.get("input"), owner, seal)
-    turn_id, conversation = new_id("resp"), conversation_id(body)
+    turn_id, conversation = response_id or new_id("resp"), conversation_id(body)
     if conversation and claim:
         await _claim(store, conversation, owner, turn_id)
     turn = Turn(id=turn_id, body=body, owner=owner, input_items=input_items,
-                upstream_model=(aliases or {}).get(body["model"]), conversation_id=conversation if claim else None)
+                upstream_model=(aliases or {}).get(body["model"]), conversation_id=conversation if claim else None,
+                files=files)
     try:
         turn.history = await _load_history(store, body, owner, bounds)
         history_param = "conversation" if conversation else "previous_response_id"

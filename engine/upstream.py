@@ -177,6 +177,7 @@ async def _send(turn: Turn, calls: BackendCalls, registry: Registry, endpoint: s
                 if not turn.stream:
                     return NativeResponse(plain(result))
                 return NativeEvents(_batches(result, deadline, seconds), result)
+            await turn.load_files()
             params = chat_request_params(turn.body, turn.messages, model, stream=turn.stream,
                                          hosted_policy=registry.settings.hosted_tool_policy)
             if turn.body.get("tools"):

@@ -9,12 +9,11 @@ machine lives in ``requests.stream``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from typing import Any, Callable, Iterable
 
 from requests.common import InvalidInput, new_id
+from requests.files import part_text
 from requests.params import tools_responses_to_chat
 from requests.tools import CALL_ITEM_TYPES, OUTPUT_ITEM_TYPES, ToolMap, call_to_chat, output_to_chat
 
@@ -33,13 +32,6 @@ __all__ = [
     "output_text_of",
     "build_response_object",
 ]
-
-_TEXT_MIME_PREFIXES = ("text/",)
-_TEXT_MIME_TYPES = frozenset({
-    "application/json", "application/xml", "application/x-yaml", "application/yaml",
-    "application/javascript", "application/x-python", "application/csv",
-})
-
 
 # ── input items ────────────────────────────────────────────────────────────────
 
@@ -207,19 +199,6 @@ def _normalize_tool_item(raw: dict, item_type: str, param: str) -> dict:
 
 # ── Responses input -> Chat Completions messages ───────────────────────────────
 
-def _data_url_text(file_data: str) -> str | None:
-    """Decode a ``data:<mime>;base64,...`` URL of a textual MIME type, else None."""
-    if not file_data.startswith("data:") or ";base64," not in file_data:
-        return None
-    mime, _, payload = file_data[5:].partition(";base64,")
-    if not (mime.startswith(_TEXT_MIME_PREFIXES) or mime in _TEXT_MIME_TYPES):
-        return None
-    try:
-        return base64.b64decode(payload, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-
-
 def _chat_part(part: dict) -> dict | None:
     ptype = part["type"]
     if ptype in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
@@ -236,13 +215,7 @@ def _chat_part(part: dict) -> dict | None:
             image["detail"] = part["detail"]
         return {"type": "image_url", "image_url": image}
     if ptype == "input_file":
-        text = _data_url_text(part["file_data"]) if isinstance(part.get("file_data"), str) else None
-        if text is None:
-            raise InvalidInput("This model's endpoint speaks Chat Completions, which takes an input_file "
-                               "only as inline 'file_data' (a base64 data URL of a text type), not by "
-                               "'file_id' or 'file_url'.", "input")
-        name = part.get("filename") or "file"
-        return {"type": "text", "text": f"{name}:\n{text}"}
+        return {"type": "text", "text": part_text(part, "input", {})}
     raise InvalidInput(f"Unsupported content part type '{ptype}'.", "input")
 
 
