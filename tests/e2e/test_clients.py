@@ -79,3 +79,27 @@ def test_the_openai_agents_sdk_runs_a_tool(gateway, tmp_path):
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["final"] == TOOL_RESULT_PREFIX + "Sunny in Paris"
     assert out["items"] == ["tool_call_item", "tool_call_output_item", "message_output_item"]
+
+
+def test_the_agents_sdk_keeps_its_sessions_in_the_gateway(gateway, tmp_path):
+    """OpenAIConversationsSession stores a two-turn tool loop in a gateway conversation;
+    OpenAIResponsesCompactionSession compacts its history through ``/v1/responses/compact``."""
+    proc, backend = gateway
+    target = _required("NOMYO_AGENTS_TARGET", "The OpenAI Agents SDK")
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    done = subprocess.run([sys.executable, str(CLIENTS / "agents_sessions.py"), f"{proc.url}/v1", REASONING_ALIAS],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    conversation, compaction = out["conversation"], out["compaction"]
+    assert conversation["finals"] == [TOOL_RESULT_PREFIX + "Sunny in Paris"] * 2  # the server always asks of Paris
+    turn = ["message", "function_call", "function_call_output", "message"]
+    assert conversation["stored"] == turn * 2 and conversation["listed"] == turn * 2
+    assert conversation["id"].startswith("conv_")
+    # the second turn was asked with the first turn's items as its history
+    rome = next(r for r in backend.requests if r["messages"][-1] == {"role": "user", "content": "And in Rome?"})
+    assert "What is the weather in Paris?" in str(rome["messages"]) and "Sunny in Paris" in str(rome["messages"])
+    assert compaction["finals"] == conversation["finals"]
+    assert "compaction" in compaction["kept"]
+    summarized = [r for r in backend.requests if "handover note" in str(r["messages"][-1].get("content"))]
+    assert summarized
