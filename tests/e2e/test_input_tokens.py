@@ -40,6 +40,14 @@ def test_the_chain_is_counted_too(oai):
     assert chained > alone and chained == second.usage.input_tokens
 
 
+def test_a_conversation_is_counted_too(oai):
+    conversation = oai.conversations.create(items=[{"type": "message", "role": "user", "content": "hello"}])
+    oai.responses.create(model=LLAMA_MODEL, input="and you?", conversation=conversation.id, max_output_tokens=4)
+    counted = _count(oai, model=LLAMA_MODEL, input="so?", conversation=conversation.id)
+    turn = oai.responses.create(model=LLAMA_MODEL, input="so?", conversation=conversation.id, max_output_tokens=1)
+    assert counted.input_tokens == turn.usage.input_tokens > _count(oai, model=LLAMA_MODEL, input="so?").input_tokens
+
+
 def test_a_backend_without_a_tokenizer_gives_an_estimate_and_says_so(oai):
     counted = _count(oai, model="tiny", input="hello there, how are you?")
     assert counted.model_extra["nomyo"] == {"exact": False, "method": "estimate"}
@@ -56,9 +64,9 @@ def test_counting_errors(oai):
     with pytest.raises(openai.NotFoundError) as chain:
         oai.responses.input_tokens.count(model=LLAMA_MODEL, input="hi", previous_response_id="resp_nope")
     assert chain.value.body["code"] == "previous_response_not_found"
-    with pytest.raises(openai.BadRequestError) as conversation:
+    with pytest.raises(openai.NotFoundError) as conversation:
         oai.responses.input_tokens.count(model=LLAMA_MODEL, input="hi", conversation="conv_1")
-    assert conversation.value.body["code"] == "unsupported_parameter"
+    assert conversation.value.body["code"] == "conversation_not_found"
     with pytest.raises(openai.BadRequestError) as unknown_field:
         oai.responses.input_tokens.count(model=LLAMA_MODEL, input="hi", extra_body={"temperature": 1})
     assert unknown_field.value.body["code"] == "unknown_parameter"
