@@ -109,7 +109,7 @@ async def compact_if_due(gateway: Gateway, turn: Turn) -> None:
     if threshold is None or turn.compaction is not None:
         return
     candidates = await gateway.registry.find(turn.routed_model)
-    if candidates and candidates[0][0].native:
+    if not candidates or candidates[0][0].native:  # none: the call itself says why it cannot be served
         return
     count = await count_input_tokens(gateway, turn)
     if count.input_tokens <= threshold:

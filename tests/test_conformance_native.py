@@ -11,6 +11,7 @@ lifecycle (``tests/conformance.py``).
 from __future__ import annotations
 
 from typing import Any
+from unittest.mock import AsyncMock
 
 import pydantic
 import pytest
@@ -333,3 +334,43 @@ async def test_sdk_stream_helper_over_the_native_path(client, sdk):
     check_response(stored)
     assert sdk_final_as_dict(final) == stored
     assert final.id != UPSTREAM_ID and final.output_text == "Checking Paris and Rome."
+
+
+async def test_native_conversation_turns_send_the_conversation_as_input(client):
+    conversation = (await client.post("/v1/conversations", json={"items": [
+        {"role": "user", "content": "Earlier."}]})).json()
+    with Backend(upstream_response([message("Now.")]), native=True) as backend:
+        resp = await create(client, {"model": MODEL, "input": "Later.", "conversation": conversation["id"],
+                                     "context_management": [{"type": "compaction", "compact_threshold": 5000}]})
+    assert resp["conversation"] == {"id": conversation["id"]}
+    [params] = backend.native_params
+    assert "conversation" not in params and params["store"] is False
+    assert params["context_management"] == [{"type": "compaction", "compact_threshold": 5000}]
+    texts = [(i["role"], i["content"][0]["text"]) for i in params["input"]]
+    assert texts == [("user", "Earlier."), ("user", "Later.")]
+    listed = (await client.get(f"/v1/conversations/{conversation['id']}/items", params={"order": "asc"})).json()
+    assert [item["id"] for item in listed["data"]][-1] == resp["output"][0]["id"]
+
+
+async def test_native_compact_is_forwarded_and_its_items_pass_through(client):
+    upstream = {"id": "resp_upstream_cmp", "object": "response.compaction", "created_at": 1760000000,
+                "output": [{"id": "msg_u", "type": "message", "role": "user", "status": "completed",
+                            "content": [{"type": "input_text", "text": "Earlier."}]},
+                           {"id": "cmp_u", "type": "compaction", "encrypted_content": "gAAAA-openai-blob"}],
+                "usage": {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15,
+                          "input_tokens_details": {"cached_tokens": 0},
+                          "output_tokens_details": {"reasoning_tokens": 0}}}
+    with Backend(native=True) as backend:
+        backend.openai.responses.compact = AsyncMock(return_value=upstream)
+        reply = await client.post("/v1/responses/compact", json={"model": MODEL, "input": "Earlier.",
+                                                                 "instructions": "Be brief."})
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["output"] == upstream["output"] and body["id"].startswith("resp_")
+        [call] = backend.openai.responses.compact.call_args_list
+        assert call.kwargs["instructions"] == "Be brief." and call.kwargs["input"][0]["role"] == "user"
+        # the upstream's compaction item goes back upstream as it came
+        backend.push(upstream_response([message("Fine.")]))
+        await create(client, {"model": MODEL, "input": [*upstream["output"], {"role": "user", "content": "Go on."}]})
+        assert backend.native_params[-1]["input"][1] == {"id": "cmp_u", "type": "compaction",
+                                                         "encrypted_content": "gAAAA-openai-blob"}
