@@ -15,7 +15,7 @@ from errors import APIError
 from requests.include import check_include
 from requests.responses import InvalidInput
 
-__all__ = ["json_response", "gateway_of", "store_of", "owner_of", "parse_json", "include_of"]
+__all__ = ["json_response", "gateway_of", "store_of", "owner_of", "parse_json", "include_of", "check_page"]
 
 
 def json_response(data: Any, status: int = 200) -> Response:
@@ -59,3 +59,11 @@ def include_of(request: Request) -> frozenset[str]:
         return check_include(values)
     except InvalidInput as exc:
         raise bad_input(exc) from None
+
+
+def check_page(limit: int, order: str) -> None:
+    """A list route's ``limit`` (1..100) and ``order`` (``asc``|``desc``); APIError 400 naming the one at fault."""
+    if not 1 <= limit <= 100:
+        raise APIError(400, "'limit' must be between 1 and 100.", param="limit")
+    if order not in ("asc", "desc"):
+        raise APIError(400, "'order' must be 'asc' or 'desc'.", param="order")

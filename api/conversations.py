@@ -12,7 +12,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from api.common import gateway_of, include_of, json_response, owner_of, parse_json, store_of
+from api.common import check_page, gateway_of, include_of, json_response, owner_of, parse_json, store_of
 from engine.turn import bad_input, resolve_input
 from errors import APIError
 from requests.common import new_id
@@ -99,10 +99,7 @@ async def list_conversation_items(request: Request, conversation_id: str, limit:
                                   after: str | None = None) -> Response:
     """A page of the conversation's items (``limit`` 1..100, ``order`` asc|desc, ``after`` an item id),
     ``include`` applied."""
-    if not 1 <= limit <= 100:
-        raise APIError(400, "'limit' must be between 1 and 100.", param="limit")
-    if order not in ("asc", "desc"):
-        raise APIError(400, "'order' must be 'asc' or 'desc'.", param="order")
+    check_page(limit, order)
     include = include_of(request)
     try:
         page = await store_of(request).list_conversation_items(conversation_id, owner_of(request), limit=limit,

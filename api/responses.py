@@ -22,7 +22,7 @@ from typing import Any, Awaitable
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from api.common import gateway_of, include_of, json_response, owner_of, parse_json, store_of
+from api.common import check_page, gateway_of, include_of, json_response, owner_of, parse_json, store_of
 from api.sse import EventStreamResponse, sse_of_batches, sse_of_events
 from backends import (  # noqa: F401  (the seam: see the module docstring)
     _make_openai_client, choose_endpoint, create_chat_with_retries, decrement_usage, is_ext_openai_endpoint)
@@ -253,10 +253,7 @@ async def list_input_items(request: Request, response_id: str, limit: int = 20, 
                            after: str | None = None) -> Response:
     """The input items of a response, as a list object (``first_id``, ``last_id``, ``has_more``),
     ``include`` applied."""
-    if not 1 <= limit <= 100:
-        raise APIError(400, "'limit' must be between 1 and 100.", param="limit")
-    if order not in ("asc", "desc"):
-        raise APIError(400, "'order' must be 'asc' or 'desc'.", param="order")
+    check_page(limit, order)
     include = include_of(request)
     row = await _row(request, response_id)
     items = view_items(stored_items_view(row["input_items"]), include, gateway_of(request).seal.seal)
