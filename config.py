@@ -142,6 +142,13 @@ class Settings(BaseSettings):
     file_url_max_bytes: int = Field(10 * 1024 * 1024, ge=1)
     #: Seconds one ``file_url`` fetch may take, from connecting to its last byte.
     file_url_timeout: float = Field(10, gt=0)
+    #: Seconds a Responses WebSocket may stay open (OpenAI: 60 minutes); then the next request on it
+    #: is answered ``websocket_connection_limit_reached`` and the socket is closed.
+    websocket_max_age: float = Field(3600, gt=0)
+    #: Seconds between the pings a Responses WebSocket is sent; one not answered (its pong) within
+    #: ``websocket_ping_timeout`` seconds closes it (a client that vanished).
+    websocket_ping_interval: float = Field(20, gt=0)
+    websocket_ping_timeout: float = Field(20, gt=0)
     #: Background responses queued or running at once; past it a background create is a 429.
     max_background_jobs: int = Field(256, ge=1)
     #: The largest whole (non-streamed) answer taken from a backend; past it the answer is a 502.

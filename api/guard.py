@@ -1,4 +1,4 @@
-"""What every HTTP request passes before a route sees it: the ``Host`` allowlist, the
+"""What every HTTP request (and WebSocket upgrade) passes before a route sees it: the ``Host`` allowlist, the
 ``Origin`` check and CORS, router-key authentication (and the admin key), the JSON-only rule
 for bodies, and the body size limit. Also gives every request its id (``X-Request-Id``, on
 every answer), counts it for the metrics and logs its summary line.
@@ -118,6 +118,8 @@ class GatewayMiddleware:
         self._cors: tuple[Settings, Any] | None = None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            return await self._socket(scope, receive, send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
@@ -159,37 +161,62 @@ class GatewayMiddleware:
                                                    expose_headers=["x-request-id"], max_age=600))
         return self._cors[1]
 
-    async def _guarded(self, scope: dict, receive: Any, send: Any) -> None:
-        settings: Settings = scope["app"].state.gateway.settings
+    def _refusal(self, scope: dict, settings: Settings) -> APIError | None:
+        """The first check ``scope`` fails (``Host``, ``Origin``, keys), or None; the owner tag of
+        the key presented goes in ``scope["state"]["owner"]``. HTTP and WebSocket alike."""
         if scope["path"] not in PUBLIC_PATHS and not host_allowed(scope, settings):
-            return await _reply(send, APIError(400, "This gateway does not answer to the Host "
-                                                    f"'{_header(scope, b'host')}'; add it to allowed_hosts.",
-                                               code="host_not_allowed"))
+            return APIError(400, f"This gateway does not answer to the Host '{_header(scope, b'host')}'; add it "
+                                 "to allowed_hosts.", code="host_not_allowed")
         origin = _header(scope, b"origin")
         if origin is not None and not origin_allowed(origin, scope, settings):
-            return await _reply(send, APIError(403, f"Requests from the web origin '{origin}' are not allowed; "
-                                                    "add it to cors_allowed_origins.", code="origin_not_allowed"))
-        app = self._with_cors(settings)
-        if origin is not None and scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method"):
-            return await app(scope, receive, send)  # a CORS preflight: answered without a key
-
+            return APIError(403, f"Requests from the web origin '{origin}' are not allowed; add it to "
+                                 "cors_allowed_origins.", code="origin_not_allowed")
         path = scope["path"]
         owner = None
         if path in ADMIN_PATHS and (settings.admin_api_key is not None or settings.key_owners):
             refusal = _admin_refusal(scope, settings)
             if refusal is not None:
-                return await _reply(send, refusal)
+                return refusal
         elif settings.key_owners and path not in PUBLIC_PATHS:
             presented = _presented_key(scope)
             if presented is None:
-                return await _reply(send, _missing_key())
+                return _missing_key()
             for key, key_owner in settings.key_owners.items():  # every key compared: time does not tell which
                 if hmac.compare_digest(presented.encode(), key.encode()):
                     owner = key_owner
             if owner is None:
-                return await _reply(send, APIError(401, "Incorrect API key provided.", code="invalid_api_key"))
+                return APIError(401, "Incorrect API key provided.", code="invalid_api_key")
             logs.note(tenant=owner[7:] if owner.startswith("tenant:") else owner[:8])
         scope.setdefault("state", {})["owner"] = owner
+        return None
+
+    async def _socket(self, scope: dict, receive: Any, send: Any) -> None:
+        """A WebSocket upgrade: the same checks as HTTP, refused with the HTTP answer (the ASGI
+        denial response, where the server has it) before the socket is accepted."""
+        refusal = self._refusal(scope, scope["app"].state.gateway.settings)
+        if refusal is None:
+            return await self.app(scope, receive, send)
+        if (await receive())["type"] != "websocket.connect":
+            return
+        if "websocket.http.response" in (scope.get("extensions") or {}):
+            body = orjson.dumps(error_body(refusal.message, refusal.type, refusal.param, refusal.code))
+            await send({"type": "websocket.http.response.start", "status": refusal.status,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": refusal.message[:120]})
+
+    async def _guarded(self, scope: dict, receive: Any, send: Any) -> None:
+        settings: Settings = scope["app"].state.gateway.settings
+        origin = _header(scope, b"origin")
+        app = self._with_cors(settings)
+        if origin is not None and scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method") \
+                and host_allowed(scope, settings) and origin_allowed(origin, scope, settings):
+            return await app(scope, receive, send)  # a CORS preflight: answered without a key
+        refusal = self._refusal(scope, settings)
+        if refusal is not None:
+            return await _reply(send, refusal)
 
         limit = settings.max_body_bytes
         length = _header(scope, b"content-length")

@@ -144,9 +144,10 @@ def _file_settings(settings: Settings) -> tuple[list[str], int, float]:
     return settings.file_url_allowed_hosts, settings.file_url_max_bytes, settings.file_url_timeout
 
 
-#: Settings a running gateway keeps until it restarts (the last three are the HTTP server's).
+#: Settings a running gateway keeps until it restarts (from ``header_timeout`` on: the HTTP server's).
 RESTART_ONLY = ("db_path", "cache_enabled", "cache_backend", "cache_db_path", "cache_ttl", "cache_max_entries",
-                "reasoning_encryption_key", "header_timeout", "max_connections", "keep_alive_timeout")
+                "reasoning_encryption_key", "header_timeout", "max_connections", "keep_alive_timeout",
+                "websocket_ping_interval", "websocket_ping_timeout")
 
 
 class StartupError(RuntimeError):

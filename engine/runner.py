@@ -111,6 +111,8 @@ class TurnRun:
         self._first_chunk: float | None = None
         #: Why the final state could not be recorded (None: it was, or nothing was to be).
         self.record_error: Exception | None = None
+        #: Set (by :meth:`steer`) to end a streamed Chat turn at its next read, ``incomplete``/``steered``.
+        self.steering = False
 
     # ── the cache ─────────────────────────────────────────────────────────────
     def _cache_options(self) -> dict:
@@ -195,6 +197,17 @@ class TurnRun:
             self.stopping = "requeue" if self.turn.background and not self.slot_taken else "shutdown"
             task.cancel()
 
+    def steerable(self) -> bool:
+        """Whether :meth:`steer` can end this run early: a streamed turn on a Chat backend, still
+        running (a native endpoint's stream cannot be cut into a steered response here)."""
+        return self._settling is None and self.upstream is not None and isinstance(self.upstream.result, ChatChunks)
+
+    def steer(self) -> None:
+        """End the stream after the read under way (once no tool call is open: a call ends whole):
+        its open item closes ``incomplete`` and the response ends ``incomplete`` with reason
+        ``steered`` (the client's steer input follows in a new response, ``api.websocket``)."""
+        self.steering = True
+
     def _stopped(self, exc: BaseException) -> bool:
         """Whether ``exc`` is :meth:`stop`'s cancellation, which is taken back here: the run
         ends itself (a stream with its closing events, a whole answer with a 503)."""
@@ -270,7 +283,11 @@ class TurnRun:
                     events += feed(plain(chunk))
                 if events:
                     yield events
-            finished = translator.finish()
+                if self.steering and isinstance(translator, ChatStreamTranslator) and translator.can_stop():
+                    break
+            stop_here = self.steering and isinstance(translator, ChatStreamTranslator) and translator.can_stop() \
+                and translator.finish_reason is None  # one that ended on its own is not cut
+            finished = translator.steered() if stop_here else translator.finish()
         except Exception as exc:
             error = exc
         except BaseException as exc:

@@ -378,7 +378,8 @@ async def release_conversation(store: ResponseStore, turn: Turn, items: list[dic
 async def prepare_turn(store: ResponseStore, body: dict, owner: str | None,
                        aliases: dict[str, str] | None = None, seal: ReasoningSeal | None = None,
                        bounds: ChainBounds = ChainBounds(), *, claim: bool = True,
-                       files: FileFetcher | None = None, response_id: str | None = None) -> Turn:
+                       files: FileFetcher | None = None, response_id: str | None = None,
+                       history: list[dict] | None = None) -> Turn:
     """The :class:`Turn` of a validated create ``body`` for tenant ``owner``; ``aliases``
     (``model_aliases``) name the model the endpoints are asked for instead; ``seal``
     opens reasoning and compaction the gateway sealed for the client (``encrypted_content``);
@@ -386,6 +387,8 @@ async def prepare_turn(store: ResponseStore, body: dict, owner: str | None,
     the turn holds the conversation from here (:func:`release_conversation` frees it); ``files``
     fetches its ``file_url`` files should a Chat backend need them. ``response_id``: the turn's id
     when it has one already (a queued background response run again; it holds its conversation still).
+    ``history``: the items before this turn when the caller has them (a WebSocket's last response),
+    instead of the stored chain.
 
     Raises APIError 400 for malformed input items, 404 ``item_not_found`` for an
     ``item_reference``, 404 ``previous_response_not_found`` or ``conversation_not_found``
@@ -401,7 +404,7 @@ async def prepare_turn(store: ResponseStore, body: dict, owner: str | None,
                 upstream_model=(aliases or {}).get(body["model"]), conversation_id=conversation if claim else None,
                 files=files)
     try:
-        turn.history = await _load_history(store, body, owner, bounds)
+        turn.history = history if history is not None else await _load_history(store, body, owner, bounds)
         history_param = "conversation" if conversation else "previous_response_id"
         turn.summaries = _summaries(turn.history, seal, history_param) | _summaries(input_items, seal, "input")
     except BaseException:

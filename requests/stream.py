@@ -288,6 +288,20 @@ class ChatStreamTranslator:
             events.append(self.seq(ev.response_event("response.completed", self.final)))
         return events
 
+    def can_stop(self) -> bool:
+        """Whether the stream may end here for steering: not inside a tool call (a call cut short
+        could not be run)."""
+        return self._state is not StreamState.FUNCTION_CALL
+
+    def steered(self) -> list[Event]:
+        """End here for steering: close the open item as incomplete, then ``response.incomplete``
+        with ``incomplete_details.reason: "steered"`` (as OpenAI ends a steered response)."""
+        events: list[Event] = []
+        self._close(events, "incomplete")
+        self.final = self.snapshot("incomplete", incomplete_details={"reason": "steered"}, completed_at=None)
+        events.append(self.seq(ev.response_event("response.incomplete", self.final)))
+        return events
+
     def fail(self, message: str, code: str = "server_error") -> list[Event]:
         """Close the open item as incomplete, then emit ``error`` and ``response.failed``."""
         events: list[Event] = []
