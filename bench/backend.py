@@ -10,6 +10,8 @@ stdout once it listens. Routes:
   ``finish_reason`` chunk, a usage chunk when ``stream_options.include_usage``,
   then ``data: [DONE]``. The model ``bench-paced`` spaces the word chunks by
   ``--pace-ms`` milliseconds; ``bench`` sends the whole stream in one write.
+  A request that offers ``tools`` is answered with one call of the first tool
+  (arguments ``{}``, ``finish_reason: "tool_calls"``), the way an agent loop runs.
 * ``GET /bench/stats``: counters (``chat_requests``, ``connections`` accepted,
   ``unused_connections`` closed without a request, ``streams_active``,
   ``streams_peak``); ``POST /bench/reset`` zeroes them.
@@ -182,6 +184,11 @@ class BackendProtocol(asyncio.Protocol):
         usage["total_tokens"] = usage["prompt_tokens"] + tokens
         cid = f"chatcmpl-bench{id(self):x}{self.counter}"
         created = int(time.time())
+        tools = req.get("tools")
+        if isinstance(tools, list) and tools:
+            name = ((tools[0] or {}).get("function") or {}).get("name") or "tool"
+            self._tool_call(cid, created, model, name, bool(req.get("stream")), usage)
+            return
         if not req.get("stream"):
             text = " ".join([WORD] * tokens)
             self._json(200, {"id": cid, "object": "chat.completion", "created": created, "model": model,
@@ -192,6 +199,24 @@ class BackendProtocol(asyncio.Protocol):
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
         self._stream(cid, created, model, tokens, usage if include_usage else None,
                      self.pace if model == PACED_MODEL else 0.0)
+
+    def _tool_call(self, cid: str, created: int, model: str, name: str, stream: bool, usage: dict) -> None:
+        """One call of ``name``, whole or as a stream (its arguments in one chunk)."""
+        call = {"id": f"call_{cid[-12:]}", "type": "function", "function": {"name": name, "arguments": "{}"}}
+        if not stream:
+            self._json(200, {"id": cid, "object": "chat.completion", "created": created, "model": model,
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": None,
+                                                                  "tool_calls": [call]},
+                                          "finish_reason": "tool_calls"}], "usage": usage})
+            return
+        head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
+        frames = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [
+                      {"index": 0, **call}]}, "finish_reason": None}]},
+                  {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+                  {**head, "choices": [], "usage": usage}]
+        body = b"".join(_chunk(b"data: " + orjson.dumps(frame) + b"\n\n") for frame in frames)
+        extra = b"connection: close\r\n" if self.close_after else b""
+        self.transport.write(_SSE_HEAD % extra + body + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
 
     # streaming ------------------------------------------------------------------
     def _stream(self, cid: str, created: int, model: str, tokens: int, usage: dict | None,

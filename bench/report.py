@@ -145,6 +145,8 @@ def count_errors(report: dict) -> dict:
             add(f"{name}/{key}/warmup", w.get("warmup_errors"), w.get("warmup_error_kinds"))
             add(f"{name}/{key}", w["gateway"]["errors"], w["gateway"]["error_kinds"])
     add("chain_build", dig(report, "chain_build", "errors"), None)
+    for side in ("websocket", "http_sse"):
+        add(f"tool_loop/{side}", dig(report, "tool_loop", side, "errors"), None)
     for phase in ("streams_open", "rss_flatness"):
         add(phase, dig(report, phase, "errors"), dig(report, phase, "error_kinds"))
     return {"total": sum(by_phase.values()), "by_phase": dict(by_phase), "kinds": dict(kinds)}
@@ -226,6 +228,17 @@ def render(report: dict) -> str:
                f"{s['tput_ramp']:g} s ramp-up then a {s['tput_seconds']:g} s window; p99 in ms; up conn/req over "
                "whole rounds; gateway RSS in MB (peak: VmHWM during the workload's rounds).")
     out += [table(headers, rows), ""]
+    loop = report.get("tool_loop") or {}
+    if loop:
+        out.append(f"Tool loop: {loop.get('loops')} loop(s) per transport of {loop.get('turns')} turns, each turn one "
+                   "tool call answered by previous_response_id and the tool's output alone (WebSocket: store false, "
+                   "the socket's memory; HTTP/SSE: store true, the chain from the store). Wall per loop in ms; CPU = "
+                   "gateway CPU per turn.")
+        out += [table(["transport", "wall median", "wall best", "CPU/turn gw", "errors"],
+                      [[name, _f(dig(loop, side, "wall_ms", "median"), 1), _f(dig(loop, side, "wall_ms", "best"), 1),
+                        _f(dig(loop, side, "cpu_ms_per_turn"), 3), str(dig(loop, side, "errors"))]
+                       for name, side in (("WebSocket", "websocket"), ("HTTP/SSE", "http_sse"))]),
+                f"  WebSocket / HTTP wall: {_f(loop.get('wall_ratio'), 2)}x", ""]
     mem = report.get("gateway_rss_mb") or {}
     so = report.get("streams_open") or {}
     fl = report.get("rss_flatness") or {}

@@ -3,6 +3,7 @@
 1. warm-up and a ``previous_response_id`` chain built with ``store: true`` requests;
 2. per workload, alternating rounds gateway / direct at concurrency 1: CPU per
    request of the gateway (backend for direct rounds), latency, stream timings;
+   then a tool loop over the WebSocket and over HTTP/SSE (``bench.tool_loop``);
 3. per workload and concurrency: throughput rounds, alternating the same way;
 4. many paced streams held open together: the gateway's RSS;
 5. RSS flatness over many mixed requests.
@@ -23,6 +24,7 @@ from bench.backend import PACED_MODEL
 from bench.client import Connection, Target, fetch_json
 from bench.load import Op, Side, Tally, hold_streams, percentile, rss_flatness, run_requests
 from bench.procs import memory_mb, reset_peak_rss
+from bench.tool_loop import run_tool_loops
 from bench.workloads import (Workload, basic_workloads, chain_turn_prompt, chain_workload, check_response_json,
                              check_responses_stream, responses_body)
 
@@ -45,6 +47,8 @@ class Sizes:
     flat_requests: int                # requests of the RSS flatness phase
     flat_warmup: int                  # requests before its first RSS sample
     flat_concurrency: int
+    loop_rounds: int = 5              # tool loops per transport (after one warm-up loop each)
+    loop_turns: int = 20              # turns of each tool loop
     chain_depths: tuple[int, ...] = (1, 10, 100)
     nonstream_tokens: int = 16
     stream_chunks: tuple[int, int] = (8, 256)
@@ -57,10 +61,10 @@ PRESETS = {
                   flat_warmup=2_000, flat_concurrency=32),
     "quick": Sizes(rounds=2, requests=60, long_stream_requests=20, warmup=10, tput_seconds=0.6, tput_ramp=0.3, tput_rounds=1,
                    concurrencies=(32, 128), streams=500, hold_chunks=30, pace_ms=100.0, flat_requests=2_000,
-                   flat_warmup=200, flat_concurrency=32),
+                   flat_warmup=200, flat_concurrency=32, loop_rounds=3),
     "tiny": Sizes(rounds=1, requests=3, long_stream_requests=2, warmup=2, tput_seconds=0.2, tput_ramp=0.05, tput_rounds=1,
                   concurrencies=(8, 32), streams=20, hold_chunks=5, pace_ms=20.0, flat_requests=100,
-                  flat_warmup=20, flat_concurrency=8),
+                  flat_warmup=20, flat_concurrency=8, loop_rounds=1, loop_turns=4),
 }
 
 
@@ -312,7 +316,7 @@ def _output_text(obj: dict) -> str:
 
 
 async def run_suite(ctx: Context, sizes: Sizes) -> dict:
-    """Run every phase; returns ``{"sizes", "workloads", "streams_open", "rss_flatness",
+    """Run every phase; returns ``{"sizes", "workloads", "tool_loop", "streams_open", "rss_flatness",
     "gateway_rss_mb", "chain_build", "phase_seconds"}`` (figures in ms, MiB, requests/s)."""
     runner = Runner(ctx, sizes)
     log = ctx.log
@@ -337,6 +341,12 @@ async def run_suite(ctx: Context, sizes: Sizes) -> dict:
         results[wl.key] = await runner.latency(wl)
     phase["latency"] = time.perf_counter() - t
     rss["after_latency"] = runner.rss()
+
+    t = time.perf_counter()
+    log(f"tool loops of {sizes.loop_turns} turns over the WebSocket and over HTTP/SSE ...")
+    tool_loops = await run_tool_loops(ctx.gateway.url.rstrip("/"), ctx.gateway_pid, ctx.model,
+                                      api_key=ctx.gateway.api_key, turns=sizes.loop_turns, loops=sizes.loop_rounds)
+    phase["tool_loop"] = time.perf_counter() - t
 
     t = time.perf_counter()
     peaks = []
@@ -365,7 +375,8 @@ async def run_suite(ctx: Context, sizes: Sizes) -> dict:
     if runner._control is not None:
         runner._control.close()
 
-    return {"sizes": asdict(sizes), "workloads": results, "streams_open": streams, "rss_flatness": flat,
+    return {"sizes": asdict(sizes), "workloads": results, "tool_loop": tool_loops, "streams_open": streams,
+            "rss_flatness": flat,
             "gateway_rss_mb": rss,
             "chain_build": {"depth": depth, "requests": chain_tally.requests, "errors": chain_tally.errors},
             "phase_seconds": phase}

@@ -345,6 +345,8 @@ def replay_item(output_index: int, item: dict) -> list[Event]:
         events.append(arguments_delta(item_id, output_index, item.get("arguments", "")))
     elif item.get("type") == "custom_tool_call":
         events.append(custom_input_delta(item_id, output_index, item.get("input", "")))
+    elif item.get("type") == "compaction":  # its summary was sampled (the event carries none of it)
+        events.append({"type": "response.compaction.compacting", "item_id": item_id, "output_index": output_index})
     elif item.get("type") in ("message", "reasoning"):
         for index, part in enumerate(item.get("content") or ()):
             events.append(part_added(item_id, output_index, index, _empty(part)))

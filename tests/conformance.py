@@ -427,6 +427,9 @@ def check_stream(events: list[dict], *, spec: bool = True, queued: bool = False,
             done_items.append(item)
             open_item = None
             next_index += 1
+        elif t == "response.compaction.compacting":
+            assert kind == "compaction" and e["item_id"] == open_item.item["id"] \
+                and e["output_index"] == open_item.index, e
         else:
             raise AssertionError(f"unexpected event {t} inside an item")
     assert open_item is None, f"the stream ended with item {open_item.index} open"

@@ -96,3 +96,11 @@ def test_peer_comparison_is_judged_and_shown(report):
     assert verdict["value"] == ours / 8.0 and verdict["pass"] == (ours / 8.0 <= 0.1)
     compared["targets"] = evaluate(compared)
     assert "non-stream, store:false vs litellm" in render(compared)
+
+
+def test_the_tool_loop_figures(report):
+    loop = report["tool_loop"]
+    for side in ("websocket", "http_sse"):
+        assert loop[side]["errors"] == 0 and loop[side]["loops"] == report["sizes"]["loop_rounds"]
+        assert loop[side]["wall_ms"]["median"] is not None and loop[side]["cpu_ms_per_turn"] is not None
+    assert loop["wall_ratio"] is not None

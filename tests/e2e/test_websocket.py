@@ -398,3 +398,25 @@ async def test_a_client_that_stops_answering_pings_is_closed(tmp_path, backend):
         writer.close()
     finally:
         proc.stop()
+
+
+async def test_compaction_on_the_socket_and_a_new_chain_after_it(gateway, backend):
+    async with connect(ws_url(gateway), additional_headers=headers()) as ws:
+        socket = Socket(ws)
+        first = (await socket.turn(model=MODEL, input="I plan a trip to Lisbon.", store=False))[-1]["response"]
+        # server-side compaction on a continuation from the socket's memory
+        events = stream_of(await socket.turn(model=MODEL, input="Book nothing yet.", store=False,
+                                             previous_response_id=first["id"],
+                                             context_management=[{"type": "compaction", "compact_threshold": 1}]))
+        assert [e["type"] for e in events[2:5]] == ["response.output_item.added", "response.compaction.compacting",
+                                                    "response.output_item.done"]
+        compacted = events[-1]["response"]
+        assert [item["type"] for item in compacted["output"]] == ["compaction", "message"]
+        # the standalone compaction, then a new chain on the same socket from its window
+        window = httpx.post(f"{gateway.url}/v1/responses/compact", headers=headers(), timeout=30,
+                            json={"model": MODEL, "input": [*[{"role": "user", "content": "I plan a trip."}],
+                                                            *compacted["output"]]}).json()
+        fresh = stream_of(await socket.turn(model=MODEL, store=False,
+                                            input=[*window["output"], {"role": "user", "content": "Go on."}]))
+        assert fresh[-1]["type"] == "response.completed" and fresh[-1]["response"]["previous_response_id"] is None
+        assert backend.requests[-1]["messages"][-1] == {"role": "user", "content": "Go on."}
