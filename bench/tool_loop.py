@@ -17,6 +17,7 @@ import time
 import httpx
 import orjson
 from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
 
 from bench.procs import cpu_seconds
 
@@ -94,7 +95,7 @@ async def run_tool_loops(base_url: str, pid: int | None, model: str, *, api_key:
                 try:
                     wall = await (_socket_loop(socket_url, model, turns, headers) if side == "websocket"
                                   else _http_loop(http, model, turns))
-                except (RuntimeError, OSError, httpx.HTTPError) as exc:
+                except (RuntimeError, OSError, httpx.HTTPError, WebSocketException) as exc:
                     errors[side] += 1
                     print(f"tool loop over {side} failed: {exc}")
                     continue
