@@ -132,7 +132,7 @@ def _gateway() -> Any:
 class GatewayServer(uvicorn.Server):
     """uvicorn's server with the gateway's lifecycle: on SIGTERM (or SIGINT) it stops accepting,
     gives running turns ``shutdown_grace`` seconds, then ends them (``Gateway.stop_runs``) so
-    every stream gets its ``response.failed``; on SIGHUP it reloads the configuration (a bad one
+    every stream (a WebSocket's too, before the socket is closed) gets its ``response.failed``; on SIGHUP it reloads the configuration (a bad one
     is logged and the old one kept)."""
 
     @contextlib.contextmanager
@@ -190,6 +190,10 @@ class GatewayServer(uvicorn.Server):
                          len(gateway.runs))
             stopper = asyncio.get_running_loop().create_task(stop_after_grace())
         try:
+            if gateway is not None and gateway.sockets:
+                for server in self.servers:  # no new connections while the sockets drain
+                    server.close()
+                await gateway.close_sockets(gateway.settings.shutdown_grace + 5)
             await super().shutdown(sockets)
         finally:
             if stopper is not None:

@@ -135,6 +135,7 @@ class SocketSession:
         self._sending = asyncio.Lock()
         self._number = 0
         self._closed = False
+        self.draining = False
         self.deadline = asyncio.get_running_loop().time() + gateway.settings.websocket_max_age
 
     # ── sending ───────────────────────────────────────────────────────────────
@@ -161,6 +162,7 @@ class SocketSession:
         """Read client events until the socket closes or reaches its age; the turn running then is
         cancelled (its slot given back, its row recorded as the run settles)."""
         loop = asyncio.get_running_loop()
+        self.gateway.sockets.add(self)
         try:
             while True:
                 try:
@@ -177,10 +179,24 @@ class SocketSession:
                     await self._age_limit()
                     return
         finally:
+            self.gateway.sockets.discard(self)
             self._closed = True
             if self.task is not None:
                 self.task.cancel()
                 await asyncio.gather(self.task, return_exceptions=True)
+
+    async def drain(self) -> None:
+        """The gateway is stopping: take no new turn, let the one under way end (the gateway ends it
+        after ``shutdown_grace``), then close the socket as going away (1001)."""
+        self.draining = True
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+        if not self._closed:
+            self._closed = True
+            try:
+                await self.websocket.close(1001)
+            except (RuntimeError, OSError):
+                pass
 
     async def _age_limit(self) -> None:
         if self.task is not None:  # the turn under way ends first
@@ -228,6 +244,9 @@ class SocketSession:
             raise bad_input(exc) from None
 
     async def _create(self, event: dict) -> None:
+        if self.draining:
+            return await self.emit([_error(503, "server_shutting_down", "The gateway is shutting down; send this "
+                                           "on a new connection.", kind="server_error")])
         if self.task is not None:
             return await self.emit([_error(400, "response_already_in_flight", "A response is already running on "
                                            "this WebSocket; send the next one when it has finished.")])

@@ -53,6 +53,8 @@ class Gateway:
     retrying: dict[str, asyncio.Task] = field(init=False, default_factory=dict)
     #: Turns running now (``engine.runner.TurnRun``), foreground and background.
     runs: set = field(init=False, default_factory=set)
+    #: Open WebSocket sessions (``api.websocket.SocketSession``): drained before the server closes them.
+    sockets: set = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self.jobs = JobManager(self)
@@ -73,6 +75,13 @@ class Gateway:
         for run in runs:
             run.stop()
         return len(runs)
+
+    async def close_sockets(self, timeout: float) -> None:
+        """Let each open WebSocket finish its turn (they end by ``stop_runs`` after the grace), then
+        close it as going away; at most ``timeout`` seconds."""
+        sessions = list(self.sockets)
+        if sessions:
+            await asyncio.wait([asyncio.ensure_future(session.drain()) for session in sessions], timeout=timeout)
 
     async def reload(self, settings: Settings) -> None:
         """Take new ``settings`` without dropping requests in flight: keys, tenants, hosts,

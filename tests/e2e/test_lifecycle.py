@@ -132,3 +132,28 @@ async def test_a_background_response_still_queued_at_shutdown_runs_at_the_next_s
         assert "resumed 1 background response(s)" in again.log.read_text()
     finally:
         again.stop()
+
+
+async def test_sigterm_ends_a_websocket_turn_with_response_failed_and_exits(backend, tmp_path):
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+    backend.chunk_delay = 0.1
+    proc = GatewayProcess(tmp_path, endpoints=[backend.url], shutdown_grace=1).start()
+    try:
+        async with connect(proc.url.replace("http://", "ws://") + "/v1/responses") as ws:
+            await ws.send(orjson.dumps({"type": "response.create", "model": "tiny", "input": "[long] go"}).decode())
+            events = []
+            while not events or events[-1]["type"] != "response.output_text.delta":
+                events.append(orjson.loads(await asyncio.wait_for(ws.recv(), GIVE_UP)))
+            proc.proc.send_signal(signal.SIGTERM)
+            try:
+                while True:
+                    events.append(orjson.loads(await asyncio.wait_for(ws.recv(), GIVE_UP)))
+            except ConnectionClosed:
+                pass
+        assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
+        proc.proc.wait(GIVE_UP)
+        assert store_rows(tmp_path / "store.db")[events[-1]["response"]["id"]][0] == "failed"
+    finally:
+        backend.chunk_delay = 0.0
+        proc.kill()
