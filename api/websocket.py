@@ -131,6 +131,8 @@ class SocketSession:
         self.last: _Last | None = None
         self.run: TurnRun | None = None
         self.task: asyncio.Task | None = None
+        #: A response runs (or its automatic successor is next): a ``response.create`` now is refused.
+        self.busy = False
         self.steers: list[Steer] = []
         self._sending = asyncio.Lock()
         self._number = 0
@@ -175,7 +177,7 @@ class SocketSession:
                     return
                 raw = message.get("text") if message.get("text") is not None else message.get("bytes")
                 await self._dispatch(raw)
-                if loop.time() >= self.deadline and self.task is None:
+                if loop.time() >= self.deadline and not self.busy:
                     await self._age_limit()
                     return
         finally:
@@ -247,7 +249,7 @@ class SocketSession:
         if self.draining:
             return await self.emit([_error(503, "server_shutting_down", "The gateway is shutting down; send this "
                                            "on a new connection.", kind="server_error")])
-        if self.task is not None:
+        if self.busy:
             return await self.emit([_error(400, "response_already_in_flight", "A response is already running on "
                                            "this WebSocket; send the next one when it has finished.")])
         try:
@@ -258,6 +260,7 @@ class SocketSession:
             if self.last is not None and previous == self.last.id and exc.status != 409:
                 self.last = None  # a failed continuation evicts what it continued
             return await self.emit([_api_error(exc)])
+        self.busy = True
         self.task = asyncio.ensure_future(self._turns(turn))
         self.task.add_done_callback(self._turn_done)
 
@@ -286,14 +289,19 @@ class SocketSession:
     async def _turns(self, turn: Turn) -> None:
         """Run ``turn``, then the successors its steering asks for, one after another."""
         committed: list[Steer] = []
-        while turn is not None:
-            turn, committed = await self._run(turn, committed)
+        try:
+            while turn is not None:
+                turn, committed = await self._run(turn, committed)
+        finally:
+            if self.task is asyncio.current_task():
+                self.busy = False
 
     async def _run(self, turn: Turn, committed: list[Steer]) -> tuple[Turn | None, list[Steer]]:
         """Run one turn to its end (``committed``: the steer input it carries); returns the automatic
         successor to run next and the steer input that went into it, if steering made one."""
         run = TurnRun(self.gateway, turn)
-        self.run, self.steers = run, []
+        steers: list[Steer] = []          # what ``response.steer`` queues for this run
+        self.run, self.steers = run, steers
         continued = self.last is not None and turn.previous_response_id == self.last.id
         try:
             try:
@@ -302,6 +310,7 @@ class SocketSession:
                 await release_conversation(self.gateway.store, turn)
                 if continued:
                     self.last = None
+                self.busy = False
                 await self._fail_steers(committed, "successor_creation_failed")
                 await self.emit([_api_error(exc)])
                 return None, []
@@ -310,16 +319,26 @@ class SocketSession:
             except BaseException:
                 await run.settle(asyncio.CancelledError())
                 raise
+            settled = False
             async for batch in run.events():
+                if run.final is not None and not settled:  # the closing batch: the session first, so
+                    settled = True                        # a client that answers it at once finds it ready
+                    self._settled(turn, run.final, continued, steers)
                 await self.emit(batch)
         finally:
-            self.run = None
-        final = run.final
+            if self.run is run:
+                self.run = None
+        return await self._after(turn, run.final, steers)
+
+    def _settled(self, turn: Turn, final: dict, continued: bool, steers: list[Steer]) -> None:
+        """Keep ``turn`` as the last response (or forget the one it failed to continue); with no steer
+        input queued the socket takes the next ``response.create`` from here on."""
         if final["status"] in ("completed", "incomplete"):
             self.last = _Last(turn.id, turn.items + list(final.get("output") or []), turn.body)
         elif continued:
             self.last = None
-        return await self._after(turn, final)
+        if not steers or final["status"] not in ("completed", "incomplete"):  # no successor follows
+            self.busy = False
 
     # ── steering ──────────────────────────────────────────────────────────────
     async def _steer(self, event: dict) -> None:
@@ -369,11 +388,10 @@ class SocketSession:
                                     "message": "The steering input could not be committed to a response."}}
                          for steer in steers])
 
-    async def _after(self, turn: Turn, final: dict) -> tuple[Turn | None, list[Steer]]:
+    async def _after(self, turn: Turn, final: dict, steers: list[Steer]) -> tuple[Turn | None, list[Steer]]:
         """What queued steering input does once ``turn`` has ended: nothing queued, nothing; the
         response failed, ``response.steer.failed``; it waits for client-run tool output,
         ``response.steer.pending``; else the successor turn, prepared (or its failure said)."""
-        steers, self.steers = self.steers, []
         if not steers:
             return None, []
         if final["status"] not in ("completed", "incomplete"):
@@ -382,6 +400,7 @@ class SocketSession:
         required = _required_input(final.get("output") or [])
         if required and final["status"] == "completed":
             self.last.pending = steers
+            self.busy = False  # the client's next response.create carries the input
             await self.emit([{"type": "response.steer.pending", "reason": "waiting_for_required_input",
                               "required_input": required,
                               "steer": {"id": steer.id, "previous_response_id": steer.previous_response_id}}
@@ -392,6 +411,7 @@ class SocketSession:
             successor = await self._prepare({**inherited, "previous_response_id": turn.id, "input": []}, steers)
         except APIError as exc:
             log.warning("the successor of steered response %s could not be made: %s", turn.id, exc.message)
+            self.busy = False
             await self._fail_steers(steers, "successor_creation_failed")
             return None, []
         return successor, steers

@@ -420,3 +420,19 @@ async def test_compaction_on_the_socket_and_a_new_chain_after_it(gateway, backen
                                             input=[*window["output"], {"role": "user", "content": "Go on."}]))
         assert fresh[-1]["type"] == "response.completed" and fresh[-1]["response"]["previous_response_id"] is None
         assert backend.requests[-1]["messages"][-1] == {"role": "user", "content": "Go on."}
+
+
+async def test_a_turn_sent_the_moment_the_last_one_ends_is_taken(gateway):
+    """The session is ready for the next turn before the terminal event goes out: a client that
+    answers it at once is neither refused nor sent to the store for a ``store: false`` continuation."""
+    async with connect(ws_url(gateway), additional_headers=headers()) as ws:
+        previous = None
+        for turn in range(30):
+            body = {"type": "response.create", "model": MODEL, "input": f"turn {turn}", "store": False}
+            if previous:
+                body["previous_response_id"] = previous
+            await ws.send(json.dumps(body))
+            while (event := json.loads(await asyncio.wait_for(ws.recv(), 30)))["type"] not in _TERMINAL + ("error",):
+                pass
+            assert event["type"] == "response.completed", event
+            previous = event["response"]["id"]
