@@ -138,6 +138,7 @@ class SocketSession:
         self._number = 0
         self._closed = False
         self.draining = False
+        self.turns = 0
         self.deadline = asyncio.get_running_loop().time() + gateway.settings.websocket_max_age
 
     # ── sending ───────────────────────────────────────────────────────────────
@@ -164,6 +165,7 @@ class SocketSession:
         """Read client events until the socket closes or reaches its age; the turn running then is
         cancelled (its slot given back, its row recorded as the run settles)."""
         loop = asyncio.get_running_loop()
+        opened = loop.time()
         self.gateway.sockets.add(self)
         try:
             while True:
@@ -186,6 +188,8 @@ class SocketSession:
             if self.task is not None:
                 self.task.cancel()
                 await asyncio.gather(self.task, return_exceptions=True)
+            if self.gateway.settings.log_requests:
+                log.info("WebSocket /v1/responses closed: %d turn(s) in %.1f s", self.turns, loop.time() - opened)
 
     async def drain(self) -> None:
         """The gateway is stopping: take no new turn, let the one under way end (the gateway ends it
@@ -300,6 +304,7 @@ class SocketSession:
         """Run one turn to its end (``committed``: the steer input it carries); returns the automatic
         successor to run next and the steer input that went into it, if steering made one."""
         run = TurnRun(self.gateway, turn)
+        self.turns += 1
         steers: list[Steer] = []          # what ``response.steer`` queues for this run
         self.run, self.steers = run, steers
         continued = self.last is not None and turn.previous_response_id == self.last.id
