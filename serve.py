@@ -132,8 +132,8 @@ def _gateway() -> Any:
 class GatewayServer(uvicorn.Server):
     """uvicorn's server with the gateway's lifecycle: on SIGTERM (or SIGINT) it stops accepting,
     gives running turns ``shutdown_grace`` seconds, then ends them (``Gateway.stop_runs``) so
-    every stream (a WebSocket's too, before the socket is closed) gets its ``response.failed``; on SIGHUP it reloads the configuration (a bad one
-    is logged and the old one kept)."""
+    every stream (a WebSocket's too, before the socket is closed) gets its ``response.failed``;
+    on SIGHUP it reloads the configuration (a bad one is logged and the old one kept)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -388,7 +388,8 @@ class SocketSession:
     async def _fail_steers(self, steers: list[Steer], code: str) -> None:
         """``response.steer.failed`` for each of ``steers``, their input given back."""
         await self.emit([{"type": "response.steer.failed",
-                          "steer": {"id": steer.id, "input": steer.raw, "previous_response_id": steer.previous_response_id},
+                          "steer": {"id": steer.id, "input": steer.raw,
+                                    "previous_response_id": steer.previous_response_id},
                           "error": {"type": "invalid_request_error", "code": code,
                                     "message": "The steering input could not be committed to a response."}}
                          for steer in steers])

@@ -80,9 +80,9 @@ async def _http_loop(http: httpx.AsyncClient, model: str, turns: int) -> float:
 async def run_tool_loops(base_url: str, pid: int | None, model: str, *, api_key: str | None = None,
                          turns: int = 20, loops: int = 5) -> dict:
     """Run ``loops`` loops of ``turns`` turns per transport against the gateway at ``base_url``
-    (``pid``: its process, for CPU; None: not measured; ``api_key``: its bearer key). Returns ``{"websocket": {...}, "http_sse":
-    {...}, "turns", "loops", "wall_ratio"}``; each side has ``wall_ms`` (median, best),
-    ``cpu_ms_per_turn`` and ``errors``."""
+    (``pid``: its process, for CPU; None: not measured; ``api_key``: its bearer key). Returns
+    ``{"websocket": {...}, "http_sse": {...}, "turns", "loops", "wall_ratio"}``; each side has
+    ``wall_ms`` (median, best), ``cpu_ms_per_turn`` and ``errors``."""
     socket_url = base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/v1/responses"
     walls: dict[str, list[float]] = {"websocket": [], "http_sse": []}
     cpu = {"websocket": 0.0, "http_sse": 0.0}

@@ -148,8 +148,9 @@ class Turn:
                 in self.summaries else item for item in self.context_items]
 
     def _summary_message(self, item: dict) -> dict:
+        text = SUMMARY_HEADING + self.summaries[item["encrypted_content"]]
         return {"type": "message", "id": item["id"], "role": "user", "status": "completed",
-                "content": [{"type": "input_text", "text": SUMMARY_HEADING + self.summaries[item["encrypted_content"]]}]}
+                "content": [{"type": "input_text", "text": text}]}
 
     @cached_property
     def messages(self) -> list[dict]:

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from requests.responses import InvalidInput
 
 __all__ = ["CreateResponseBody", "InputTokensBody", "ConversationCreateBody", "ConversationUpdateBody",
-           "ConversationItemsBody", "CompactBody", "validate_create_body", "validate_compact_body", "validate_input_tokens_body", "validate_body",
+           "ConversationItemsBody", "CompactBody", "validate_create_body", "validate_compact_body",
+           "validate_input_tokens_body", "validate_body",
            "conversation_id", "METADATA_MAX_KEYS"]
 
 METADATA_MAX_KEYS = 16
