@@ -3,9 +3,11 @@ request's input would be for its model, the chain before it, instructions and to
 
 Exact where the backend can tokenize: llama.cpp's ``llama-server`` renders the messages (and
 tools) with the model's own chat template (``/apply-template``) and tokenizes that prompt
-(``/tokenize``), the same prompt its chat endpoint would evaluate; an upstream Responses API
-(OpenAI) is asked itself. Elsewhere (Ollama, other Chat servers) the count is an estimate:
-one token per 4 bytes of the Chat request's messages and tools, as UTF-8 JSON, rounded up.
+(``/tokenize``), the same prompt its chat endpoint would evaluate; an OpenAI-compatible server
+with vLLM's ``POST /tokenize`` (messages, tools, the generation prompt) counts them itself; an
+upstream Responses API (OpenAI) is asked itself. Elsewhere (Ollama, servers without
+``/tokenize``) the count is an estimate: one token per 4 bytes of the Chat request's messages
+and tools, as UTF-8 JSON, rounded up.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ _NATIVE_COUNT_FIELDS = ("instructions", "parallel_tool_calls", "personality", "r
 @dataclass(frozen=True)
 class TokenCount:
     """``input_tokens``, whether the count is ``exact``, and how it was made (``method``:
-    ``llama.cpp tokenizer``, ``upstream``, ``estimate``)."""
+    ``llama.cpp tokenizer``, ``vLLM tokenizer``, ``upstream``, ``estimate``)."""
 
     input_tokens: int
     exact: bool
@@ -77,6 +79,37 @@ async def _llama_server(http: httpx.AsyncClient, server: str, params: dict, time
         raise BackendUnavailable(server, f"{type(exc).__name__}: {exc}") from None
 
 
+#: Servers that answered vLLM's ``/tokenize`` with "no such route": not asked again.
+_WITHOUT_TOKENIZE: set[str] = set()
+
+
+async def _tokenize_route(http: httpx.AsyncClient, server: str, model: str, params: dict, timeout: float,
+                          api_key: str | None) -> TokenCount | None:
+    """vLLM's count of the chat prompt of ``params`` (``POST /tokenize`` with ``messages``), or None
+    when ``server`` has no such route (then it is not asked again)."""
+    if server in _WITHOUT_TOKENIZE:
+        return None
+    body = {"model": model, "messages": params["messages"], "add_generation_prompt": True}
+    if params.get("tools"):
+        body["tools"] = params["tools"]
+    headers = {"content-type": "application/json"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    try:
+        reply = await http.post(f"{server}/tokenize", content=orjson.dumps(body), timeout=timeout, headers=headers)
+    except httpx.TransportError as exc:
+        raise BackendUnavailable(server, f"{type(exc).__name__}: {exc}") from None
+    if reply.status_code in (404, 405, 501):
+        _WITHOUT_TOKENIZE.add(server)
+        return None
+    try:
+        reply.raise_for_status()
+        count = orjson.loads(reply.content)["count"]
+    except (httpx.HTTPStatusError, KeyError, TypeError, orjson.JSONDecodeError):
+        return None  # a /tokenize of another kind: the estimate stands
+    return TokenCount(int(count), True, "vLLM tokenizer") if isinstance(count, int) else None
+
+
 def estimate_input_tokens(turn: Turn) -> TokenCount:
     """The estimate for ``turn`` without any backend (no model named)."""
     return _estimate(chat_request_params(turn.body, turn.messages, "", stream=False))
@@ -108,7 +141,12 @@ async def count_input_tokens(gateway: Gateway, turn: Turn) -> TokenCount:
     await turn.load_files()
     params = chat_request_params(turn.body, turn.messages, name, stream=False,
                                  hosted_policy=registry.settings.hosted_tool_policy)
+    server = endpoint.base_url[:-3] if endpoint.base_url.endswith("/v1") else endpoint.base_url
     if endpoint.kind == "llama_server":
-        server = endpoint.base_url[:-3] if endpoint.base_url.endswith("/v1") else endpoint.base_url
         return await _llama_server(registry.http, server, params, registry.settings.request_timeout)
+    if endpoint.kind == "openai":
+        counted = await _tokenize_route(registry.http, server, name, params, registry.settings.request_timeout,
+                                        endpoint.api_key)
+        if counted is not None:
+            return counted
     return _estimate(params)

@@ -1,13 +1,19 @@
 """``client.responses.input_tokens.count(...)`` through the gateway, from the OpenAI SDK: exact on
 a real llama-server (the same count it reports for the same prompt), its chain and tools
-included; an estimate, said so, where the backend has no tokenizer (Ollama); the errors."""
+included; exact from a server with vLLM's ``/tokenize``; an estimate, said so, where the backend
+has no tokenizer (Ollama); the errors."""
 
 from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
 import pytest
 
 from tests.e2e.conftest import LLAMA_MODEL
+from tests.e2e.processes import GatewayProcess
 from tests.e2e.test_gateway_e2e import WEATHER
 
 
@@ -73,3 +79,73 @@ def test_counting_errors(oai):
     with pytest.raises(openai.BadRequestError) as personality:
         oai.responses.input_tokens.count(model=LLAMA_MODEL, input="hi", personality="friendly")
     assert personality.value.body["param"] == "personality"
+
+
+class _TokenizingServer:
+    """An OpenAI-compatible server on 127.0.0.1 with vLLM's ``POST /tokenize`` (its count: one token
+    per word of the messages, plus 3), whose chat answers report the same ``prompt_tokens``; with
+    ``tokenize=False`` the route is missing, as on servers without it."""
+
+    def __init__(self, tokenize: bool = True):
+        self.asked: list[dict] = []
+        asked = self.asked
+
+        def count(messages) -> int:
+            return 3 + sum(len(str(m.get("content") or "").split()) for m in messages)
+
+        class Handler(BaseHTTPRequestHandler):
+            def _send(self, status, data):
+                body = json.dumps(data).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):  # noqa: N802
+                self._send(200, {"object": "list", "data": [{"id": "vllm-model", "object": "model"}]})
+
+            def do_POST(self):  # noqa: N802
+                data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == "/tokenize" and tokenize:
+                    asked.append(data)
+                    return self._send(200, {"count": count(data["messages"]), "tokens": [], "max_model_len": 4096})
+                if self.path == "/v1/chat/completions":
+                    n = count(data["messages"])
+                    return self._send(200, {"id": "c", "object": "chat.completion", "created": 0, "model": "vllm-model",
+                                            "choices": [{"index": 0, "finish_reason": "stop",
+                                                         "message": {"role": "assistant", "content": "ok"}}],
+                                            "usage": {"prompt_tokens": n, "completion_tokens": 1,
+                                                      "total_tokens": n + 1}})
+                self._send(404, {"detail": "Not Found"})
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("tokenize", [True, False])
+def test_a_server_with_vllms_tokenize_route_counts_exactly(tmp_path, tokenize):
+    backend = _TokenizingServer(tokenize)
+    proc = GatewayProcess(tmp_path, endpoints=[f"{backend.url}/v1"]).start()
+    try:
+        with openai.OpenAI(base_url=f"{proc.url}/v1", api_key="unused", max_retries=0) as client:
+            params = {"model": "vllm-model", "input": "one two three", "instructions": "be brief", "tools": WEATHER}
+            counted = _count(client, **params)
+            created = client.responses.create(**params)
+    finally:
+        proc.stop()
+        backend.close()
+    if tokenize:
+        assert counted.model_extra["nomyo"] == {"exact": True, "method": "vLLM tokenizer"}
+        assert counted.input_tokens == created.usage.input_tokens
+        assert backend.asked[0]["add_generation_prompt"] is True and backend.asked[0]["tools"]
+    else:
+        assert counted.model_extra["nomyo"] == {"exact": False, "method": "estimate"}
