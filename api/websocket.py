@@ -10,7 +10,8 @@ As OpenAI documents the mode: one response in flight a connection (a second
 ``response.create`` meanwhile is an error event), turns one after another; the last
 response is kept in memory, so ``previous_response_id`` continues it with ``store: false``
 too (a continuation that fails evicts it; an id neither cached nor stored is
-``previous_response_not_found``); ``background`` is refused; after ``websocket_max_age``
+``previous_response_not_found``); ``generate: false`` makes a response without a model
+call, to continue from (a warm-up); ``background`` is refused; after ``websocket_max_age``
 (60 minutes) the connection answers ``websocket_connection_limit_reached`` and closes; a
 client that leaves cancels its running turn. Ping/pong keep-alive is uvicorn's.
 
@@ -35,11 +36,12 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from engine.gateway import Gateway
-from engine.runner import TurnRun
+from engine.runner import TurnRun, save
 from engine.turn import Turn, bad_input, prepare_turn, release_conversation
 from errors import APIError
 from requests.common import InvalidInput, new_id
-from requests.responses import normalize_input_items
+from requests.responses import complete_usage, normalize_input_items
+from requests.stream import response_to_events
 from requests.validation import validate_create_body
 
 __all__ = ["router", "SocketSession"]
@@ -230,24 +232,27 @@ class SocketSession:
                                     "socket takes 'response.create' and 'response.steer'.", "type")])
 
     # ── response.create ───────────────────────────────────────────────────────
-    def _body(self, event: dict) -> dict:
-        """The create body of a ``response.create``. Raises APIError 400."""
+    def _body(self, event: dict) -> tuple[dict, bool]:
+        """The create body of a ``response.create`` and its ``generate``. Raises APIError 400."""
         body = {key: value for key, value in event.items() if key != "type"}
         if body.get("background"):
             raise APIError(400, "Background responses are not available over the WebSocket; use HTTP.",
                            param="background")
         if body.get("stream") is False:
             raise APIError(400, "Responses over the WebSocket are always streamed.", param="stream")
-        for name in ("stream_id", "generate"):
-            if name in body:
-                raise APIError(400, f"'{name}' is not supported by this gateway yet.", param=name,
-                               code="unsupported_parameter")
+        if "stream_id" in body:
+            raise APIError(400, "'stream_id' is not supported by this gateway yet.", param="stream_id",
+                           code="unsupported_parameter")
+        generate = body.pop("generate", True)
+        if not isinstance(generate, bool):
+            raise APIError(400, "'generate' must be a boolean.", param="generate")
         body.pop("background", None)
         body["stream"] = True
         try:
-            return validate_create_body(body, self.gateway.settings.max_input_items)
+            validate_create_body(body, self.gateway.settings.max_input_items)
         except InvalidInput as exc:
             raise bad_input(exc) from None
+        return body, generate
 
     async def _create(self, event: dict) -> None:
         if self.draining:
@@ -257,7 +262,7 @@ class SocketSession:
             return await self.emit([_error(400, "response_already_in_flight", "A response is already running on "
                                            "this WebSocket; send the next one when it has finished.")])
         try:
-            body = self._body(event)
+            body, generate = self._body(event)
             turn = await self._prepare(body)
         except APIError as exc:
             previous = event.get("previous_response_id")
@@ -265,7 +270,7 @@ class SocketSession:
                 self.last = None  # a failed continuation evicts what it continued
             return await self.emit([_api_error(exc)])
         self.busy = True
-        self.task = asyncio.ensure_future(self._turns(turn))
+        self.task = asyncio.ensure_future(self._turns(turn) if generate else self._warm_up(turn))
         self.task.add_done_callback(self._turn_done)
 
     def _turn_done(self, task: asyncio.Task) -> None:
@@ -300,11 +305,31 @@ class SocketSession:
             if self.task is asyncio.current_task():
                 self.busy = False
 
+    async def _warm_up(self, turn: Turn) -> None:
+        """``generate: false``: no model call; a ``completed`` response with no output that later turns
+        continue from (stored with ``store``), its events as any response's."""
+        self.turns += 1
+        try:
+            await self._warm_up_response(turn)
+        finally:
+            if self.task is asyncio.current_task():
+                self.busy = False
+
+    async def _warm_up_response(self, turn: Turn) -> None:
+        response = turn.response("completed", [], usage=complete_usage({"input_tokens": 0, "output_tokens": 0,
+                                                                        "total_tokens": 0}))
+        if turn.store:
+            await save(self.gateway, turn, response)
+        await release_conversation(self.gateway.store, turn, turn.input_items)
+        events = list(response_to_events(response))
+        self._settled(turn, response, self.last is not None and turn.previous_response_id == self.last.id, [])
+        await self.emit(events)
+
     async def _run(self, turn: Turn, committed: list[Steer]) -> tuple[Turn | None, list[Steer]]:
         """Run one turn to its end (``committed``: the steer input it carries); returns the automatic
         successor to run next and the steer input that went into it, if steering made one."""
-        run = TurnRun(self.gateway, turn)
         self.turns += 1
+        run = TurnRun(self.gateway, turn)
         steers: list[Steer] = []          # what ``response.steer`` queues for this run
         self.run, self.steers = run, steers
         continued = self.last is not None and turn.previous_response_id == self.last.id

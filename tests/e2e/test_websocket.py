@@ -436,3 +436,20 @@ async def test_a_turn_sent_the_moment_the_last_one_ends_is_taken(gateway):
                 pass
             assert event["type"] == "response.completed", event
             previous = event["response"]["id"]
+
+
+async def test_a_warm_up_makes_a_response_without_the_model(gateway, backend):
+    async with connect(ws_url(gateway), additional_headers=headers()) as ws:
+        socket = Socket(ws)
+        asked = len(backend.requests)
+        warm = stream_of(await socket.turn(model=MODEL, store=False, generate=False,
+                                           input=[{"role": "developer", "content": "Answer in one word."}]))
+        assert [e["type"] for e in warm] == ["response.created", "response.in_progress", "response.completed"]
+        assert warm[-1]["response"]["output"] == [] and len(backend.requests) == asked
+        real = stream_of(await socket.turn(model=MODEL, input="hi", store=False,
+                                           previous_response_id=warm[-1]["response"]["id"]))
+        assert real[-1]["type"] == "response.completed"
+        assert backend.requests[-1]["messages"] == [{"role": "system", "content": "Answer in one word."},
+                                                    {"role": "user", "content": "hi"}]
+        [refused] = await socket.turn(model=MODEL, input="x", generate="no")
+        assert refused["error"]["param"] == "generate"
