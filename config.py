@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     file_url_max_bytes: int = Field(10 * 1024 * 1024, ge=1)
     #: Seconds one ``file_url`` fetch may take, from connecting to its last byte.
     file_url_timeout: float = Field(10, gt=0)
+    #: The longest summary a Chat model may write for a compaction (``/v1/responses/compact``,
+    #: ``context_management``), in tokens; a summary cut there is used as it is.
+    compaction_max_tokens: int = Field(2048, ge=16)
     #: Seconds a Responses WebSocket may stay open (OpenAI: 60 minutes); then the next request on it
     #: is answered ``websocket_connection_limit_reached`` and the socket is closed.
     websocket_max_age: float = Field(3600, gt=0)

@@ -169,8 +169,10 @@ async def compact_route(request: Request) -> Response:
         body = validate_compact_body(await parse_json(request), gateway.settings.max_input_items)
     except InvalidInput as exc:
         raise bad_input(exc) from None
-    turn = await prepare_turn(gateway.store, {**body, "store": False}, owner_of(request),
-                              gateway.settings.model_aliases, gateway.seal, gateway.chain_bounds, files=gateway.files)
+    turn = await prepare_turn(gateway.store, {**body, "store": False,
+                                              "max_output_tokens": gateway.settings.compaction_max_tokens},
+                              owner_of(request), gateway.settings.model_aliases, gateway.seal, gateway.chain_bounds,
+                              files=gateway.files)
     turn.compacting = True
     note(model=turn.model, response_id=turn.id)
     return json_response(await _unless_client_leaves(request, compact(gateway, turn)))

@@ -45,9 +45,11 @@ def _summary_of(completion: dict) -> str:
     return text
 
 
-def _summarizing_turn(turn: Turn, items: list[dict]) -> Turn:
-    """A turn that asks ``turn``'s model for the summary of ``items`` (never stored or streamed)."""
-    body = {"model": turn.model, "store": False, "instructions": turn.body.get("instructions")}
+def _summarizing_turn(turn: Turn, items: list[dict], max_tokens: int) -> Turn:
+    """A turn that asks ``turn``'s model for the summary of ``items`` (never stored or streamed), in at
+    most ``max_tokens`` tokens."""
+    body = {"model": turn.model, "store": False, "instructions": turn.body.get("instructions"),
+            "max_output_tokens": max_tokens}
     return Turn(id=new_id("resp"), body=body, owner=turn.owner, input_items=items,
                 upstream_model=turn.upstream_model, summaries=turn.summaries, compacting=True)
 
@@ -118,7 +120,8 @@ async def compact_if_due(gateway: Gateway, turn: Turn) -> None:
     split = _split(context)
     if split == 0:
         return
-    item, summary, usage, _ = await _summarize(gateway, _summarizing_turn(turn, context[:split]))
+    item, summary, usage, _ = await _summarize(
+        gateway, _summarizing_turn(turn, context[:split], gateway.settings.compaction_max_tokens))
     turn.compact_with(item, summary, split)
     note(compacted_tokens=count.input_tokens)
     log.info("response %s: context of %d tokens (threshold %d) compacted, %d items summarized in %s tokens",

@@ -60,6 +60,7 @@ async def test_compact_keeps_the_user_messages_and_seals_the_summary(gw, ollama)
     assert compaction["id"].startswith("cmp_") and DEFAULT_TEXT not in compaction["encrypted_content"]
     asked = ollama.requests[-1]["messages"]
     assert asked[-1] == {"role": "user", "content": SUMMARY_PROMPT}
+    assert ollama.requests[-1]["max_tokens"] == 2048                 # compaction_max_tokens
     assert asked[0]["content"] == "I am planning a trip to Lisbon." and len(asked) == 5
     assert body["usage"]["output_tokens"] > 0
 
@@ -116,6 +117,7 @@ async def test_context_management_compacts_past_the_threshold(gw, ollama):
     check_response(body)
     assert [item["type"] for item in body["output"]] == ["compaction", "message"]
     summarize, answer = ollama.requests[-2]["messages"], ollama.requests[-1]["messages"]
+    assert ollama.requests[-2]["max_tokens"] == 2048
     assert contents(summarize) == ["I am planning a trip to Lisbon.", DEFAULT_TEXT, SUMMARY_PROMPT]
     assert contents(answer) == ["I am planning a trip to Lisbon.", SUMMARY_HEADING + DEFAULT_TEXT,
                                 "Book nothing yet."]

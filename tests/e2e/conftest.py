@@ -64,7 +64,8 @@ def slow_ollama():
 def gateway(tmp_path_factory, llama, ollama, slow_ollama):
     """The gateway under uvicorn in front of all three backends."""
     proc = GatewayProcess(tmp_path_factory.mktemp("gateway"), endpoints=[ollama.url, slow_ollama.url],
-                          llama_server_endpoints=[f"{llama.url}/v1"], max_concurrent_connections=4).start()
+                          llama_server_endpoints=[f"{llama.url}/v1"], max_concurrent_connections=4,
+                          compaction_max_tokens=64).start()  # the tiny model's summaries: short, slots free soon
     yield proc
     proc.stop()
 
