@@ -116,7 +116,7 @@ def uvicorn_config(settings: Settings, host: str, port: int, **options: Any) -> 
                           # uvicorn answers 503 once connections reach its limit: each of ours is served
                           limit_concurrency=settings.max_connections + 1,
                           timeout_keep_alive=settings.keep_alive_timeout,
-                          ws="websockets", ws_max_size=settings.max_body_bytes,
+                          ws="websockets-sansio", ws_max_size=settings.max_body_bytes,
                           ws_ping_interval=settings.websocket_ping_interval,
                           ws_ping_timeout=settings.websocket_ping_timeout,
                           # the grace, then the runs end themselves: a little more for their last events
