@@ -418,7 +418,8 @@ class TurnRun:
         """Append the turn's input and output items to its conversation when it has an answer
         (``completed`` or ``incomplete``; nothing when it failed or was cancelled) and free it;
         a background turn put back in the queue keeps it. A store that cannot take it now takes
-        it later (``gateway.retry_later``), so the conversation is never left held."""
+        it later (``gateway.retry_later``; the conversation stays held until then, so no other turn
+        reads it without these items)."""
         if self.turn.conversation_id is None or final["status"] == "queued":
             return
         items = None
@@ -431,4 +432,3 @@ class TurnRun:
                       self.turn.id, type(exc).__name__, exc)
             self.gateway.retry_later(f"{self.turn.id}:conversation",
                                      lambda: release_conversation(self.gateway.store, self.turn, items))
-            raise
