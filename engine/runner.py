@@ -158,8 +158,10 @@ class TurnRun:
         try:
             if turn.store:
                 await save(self.gateway, turn, response)
-        finally:
-            await self._end_conversation_turn(response)
+        except BaseException:
+            await self._end_conversation_turn({**response, "status": "failed"})
+            raise
+        await self._end_conversation_turn(response)
         return response
 
     # ── running ───────────────────────────────────────────────────────────────
@@ -409,8 +411,10 @@ class TurnRun:
                 await self.gateway.store.update_response(turn.id, final, only_if_active=True)
             elif turn.store and answered:
                 await save(self.gateway, turn, final)
-        finally:
-            await self._end_conversation_turn(final)
+        except BaseException:  # the client is told failed: its conversation gets nothing of it
+            await self._end_conversation_turn({**final, "status": "failed"})
+            raise
+        await self._end_conversation_turn(final)
         if self._cache_write is not None and final["status"] == "completed":
             await self._cache_write(final)
 

@@ -292,3 +292,35 @@ async def test_include_on_reads(gw, ollama):
     listed = (await gw.get(f"/v1/responses/{answer['id']}/input_items",
                            params={"include": "message.input_image.image_url"})).json()
     assert texts(listed["data"]) == ["[think] hi"]
+
+
+async def test_a_turn_the_store_cannot_record_adds_nothing_and_frees_the_conversation_later(gw, ollama):
+    """The final write fails (another writer holds the store's lock): the client is told 503, the
+    conversation gets none of the turn's items, and it is freed once the store takes writes again."""
+    import sqlite3
+    made = (await gw.post("/v1/conversations", json={})).json()
+    store = router.app.state.gateway.store
+    await store.conn.execute("PRAGMA busy_timeout=200")
+    ollama.first_byte_delay = 0.5
+    turn = asyncio.create_task(gw.post("/v1/responses", json={"model": "tiny", "input": "lost",
+                                                             "conversation": made["id"]}))
+    while ollama.in_flight == 0:          # the conversation is claimed; the answer is on its way
+        await asyncio.sleep(0.01)
+    blocker = sqlite3.connect(store.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        refused = await turn
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        ollama.first_byte_delay = 0.0
+    assert refused.status_code == 503, refused.text
+    for _ in range(300):                  # the release is retried until the store takes it
+        if await store.conversation_holder(made["id"]) is None:
+            break
+        await asyncio.sleep(0.05)
+    assert await store.conversation_holder(made["id"]) is None
+    ok = await gw.post("/v1/responses", json={"model": "tiny", "input": "kept", "conversation": made["id"]})
+    assert ok.status_code == 200
+    listed = (await gw.get(f"/v1/conversations/{made['id']}/items", params={"order": "asc"})).json()
+    assert texts(listed["data"]) == ["kept", DEFAULT_TEXT]
