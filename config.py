@@ -145,6 +145,14 @@ class Settings(BaseSettings):
     #: The longest summary a Chat model may write for a compaction (``/v1/responses/compact``,
     #: ``context_management``), in tokens; a summary cut there is used as it is.
     compaction_max_tokens: int = Field(2048, ge=16)
+    #: MCP servers an ``mcp`` tool may reach (URL prefixes: ``https://mcp.example.com/``). Empty: none,
+    #: and an ``mcp`` tool on a Chat backend is a 400. A name that resolves to a loopback, private or
+    #: reserved address is refused unless the prefix names that address itself.
+    mcp_allowed_servers: list[str] = Field(default_factory=list)
+    #: Seconds one MCP list or call may take, connecting included.
+    mcp_timeout: float = Field(30, gt=0)
+    #: The longest text one MCP call may return, in bytes; past it the output is cut (and says so).
+    mcp_max_output_bytes: int = Field(1024 * 1024, ge=1024)
     #: Seconds a Responses WebSocket may stay open (OpenAI: 60 minutes); then the next request on it
     #: is answered ``websocket_connection_limit_reached`` and the socket is closed.
     websocket_max_age: float = Field(3600, gt=0)

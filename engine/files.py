@@ -25,7 +25,7 @@ import httpx
 
 from requests.common import InvalidInput
 
-__all__ = ["FileFetcher", "file_urls"]
+__all__ = ["FileFetcher", "file_urls", "inward_address"]
 
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -44,7 +44,7 @@ def file_urls(items: Iterable[dict]) -> list[tuple[str, str]]:
     return list(seen.items())
 
 
-def _inward(address: _Address) -> bool:
+def inward_address(address: _Address) -> bool:
     """Whether ``address`` is one a request from outside must not reach by default."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
@@ -101,7 +101,7 @@ class FileFetcher:
                                "file_url_fetch_failed") from None
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
         for address in addresses:
-            if _inward(address) and not self._covered(address):
+            if inward_address(address) and not self._covered(address):
                 raise InvalidInput(f"The file_url host '{host}' resolves to {address}, an inward address that "
                                    "file_url_allowed_hosts does not list.", f"{where}.file_url",
                                    "file_url_not_allowed")

@@ -20,16 +20,17 @@ from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 import orjson
 
 from engine.compaction import compact_if_due
-from engine.turn import Turn, release_conversation
+from engine.hosted_mcp import check_servers, run_hosted_mcp, uses_hosted_mcp
+from engine.turn import Turn, bad_input, release_conversation
 from engine.upstream import ChatChunks, Completion, NativeEvents, NativeResponse, Upstream, open_upstream
 from errors import APIError
 from logs import note
 from metrics import BACKGROUND_FINISHED, CACHE_LOOKUPS, FIRST_TOKEN_SECONDS, TOKENS, TURN_SECONDS, TURNS
-from requests.common import new_id, plain
+from requests.common import InvalidInput, new_id, plain
 from requests.events import Event, Sequencer, StreamTranslator, error_event, response_event
 from requests.native import NativeStreamTranslator, native_to_response
 from requests.responses import chat_message_to_output_items, usage_chat_to_responses
-from requests.stream import INCOMPLETE_REASONS, ChatStreamTranslator, ProtocolError
+from requests.stream import INCOMPLETE_REASONS, ChatStreamTranslator, ProtocolError, response_to_events
 
 if TYPE_CHECKING:
     from engine.gateway import Gateway
@@ -113,6 +114,8 @@ class TurnRun:
         self.record_error: Exception | None = None
         #: Set (by :meth:`steer`) to end a streamed Chat turn at its next read, ``incomplete``/``steered``.
         self.steering = False
+        #: The turn's ``mcp`` tools are run by the gateway (``engine.hosted_mcp``), not one upstream call.
+        self.hosted = False
 
     # ── the cache ─────────────────────────────────────────────────────────────
     def _cache_options(self) -> dict:
@@ -170,8 +173,21 @@ class TurnRun:
         Raises its APIError; nothing is held then."""
         note(model=self.turn.model, response_id=self.turn.id)
         await compact_if_due(self.gateway, self.turn)
+        if uses_hosted_mcp(self.turn) and await self._chat_backend():
+            try:
+                await check_servers(self.turn, self.gateway.settings.mcp_allowed_servers)
+            except InvalidInput as exc:
+                raise bad_input(exc) from None
+            self.hosted = True  # the gateway runs the servers' tools: the model is asked in the loop
+            return
         self.upstream = await open_upstream(self.turn, self.gateway.calls, self.gateway.registry, self._slot)
         note(endpoint=self.upstream.endpoint, upstream_model=self.upstream.model)
+
+    async def _chat_backend(self) -> bool:
+        """Whether the turn's model is served by Chat endpoints (an upstream Responses API runs its
+        hosted tools itself)."""
+        candidates = await self.gateway.registry.find(self.turn.routed_model)
+        return not candidates or not candidates[0][0].native
 
     async def begin_stream(self) -> None:
         """Record a foreground stream as ``in_progress`` before its first event (with ``store``)."""
@@ -228,10 +244,12 @@ class TurnRun:
         self._running()
         error: BaseException | None = None
         try:
-            if self.upstream is None:
+            if self.upstream is None and not self.hosted:
                 await self.open()
-            result = self.upstream.result
-            if isinstance(result, NativeResponse):
+            result = None if self.hosted else self.upstream.result
+            if self.hosted:
+                self.answered = await run_hosted_mcp(self)
+            elif isinstance(result, NativeResponse):
                 self.answered = native_to_response(result.data, **self.turn.native_meta())
             elif isinstance(result, Completion):
                 self.answered = completion_to_response(self.turn, result.data, self._seal())
@@ -270,8 +288,19 @@ class TurnRun:
         self._running()
         error: Exception | None = None
         try:
-            if self.upstream is None:
+            if self.upstream is None and not self.hosted:
                 await self.open()
+            if self.hosted:  # the loop runs whole; its items go out when it has made them
+                opening = self.turn.response("in_progress", completed_at=None)
+                kinds = ["response.in_progress"] if self.resumed else ["response.created", "response.in_progress"]
+                yield self.seq.all([response_event(kind, opening) for kind in kinds])
+                self.answered = await run_hosted_mcp(self)
+                events = self.seq.all([e for e in response_to_events(self.answered)
+                                       if e["type"] not in ("response.created", "response.in_progress")])
+                yield events[:-1]
+                await self.settle(None)
+                yield events[-1:] if self.record_error is None else self._unrecorded(events[-1:])
+                return
             translator = self.translator = self._translator()
             opening = translator.opening(self.resumed)
             if opening:

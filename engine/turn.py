@@ -22,6 +22,7 @@ from errors import APIError
 from reasoning_seal import ReasoningSeal, SealError
 from requests.common import SEALED_PREFIX
 from requests.files import part_text
+from requests.mcp import as_function_items
 from requests.tools import OUTPUT_ITEM_TYPES, ToolMap
 from requests.validation import METADATA_MAX_VALUE_CHARS, conversation_id
 from requests.params import tool_map
@@ -170,7 +171,7 @@ class Turn:
             if item["type"] == "compaction":
                 raise InvalidInput("A compaction item's encrypted_content was not made by this gateway, and this "
                                    "model's backend cannot read it.", "input", "invalid_encrypted_content")
-        items = [self._files_as_text(item, i) for i, item in enumerate(items)]
+        items = [self._files_as_text(item, i) for i, item in enumerate(as_function_items(items))]
         if self.compacting:
             items = [*items, {"type": "message", "role": "user", "content": SUMMARY_PROMPT}]
         return responses_input_to_messages(items, self.body.get("instructions"))

@@ -326,6 +326,8 @@ def opened(item: dict) -> dict:
         return {**item, "status": "in_progress", "arguments": ""}
     if kind == "custom_tool_call":
         return {**item, "input": ""}
+    if kind == "mcp_call":
+        return {**item, "status": "in_progress", "output": None, "error": None}
     if "status" in item:
         return {**item, "status": "in_progress"}
     return item
@@ -345,6 +347,19 @@ def replay_item(output_index: int, item: dict) -> list[Event]:
         events.append(arguments_delta(item_id, output_index, item.get("arguments", "")))
     elif item.get("type") == "custom_tool_call":
         events.append(custom_input_delta(item_id, output_index, item.get("input", "")))
+    elif item.get("type") == "mcp_list_tools":
+        done = "failed" if item.get("error") else "completed"
+        events += [{"type": "response.mcp_list_tools.in_progress", "item_id": item_id, "output_index": output_index},
+                   {"type": f"response.mcp_list_tools.{done}", "item_id": item_id, "output_index": output_index}]
+    elif item.get("type") == "mcp_call":
+        done = "failed" if item.get("error") else "completed"
+        arguments = item.get("arguments", "")
+        events += [{"type": "response.mcp_call.in_progress", "item_id": item_id, "output_index": output_index},
+                   {"type": "response.mcp_call_arguments.delta", "item_id": item_id, "output_index": output_index,
+                    "delta": arguments},
+                   {"type": "response.mcp_call_arguments.done", "item_id": item_id, "output_index": output_index,
+                    "arguments": arguments},
+                   {"type": f"response.mcp_call.{done}", "item_id": item_id, "output_index": output_index}]
     elif item.get("type") == "compaction":  # its summary was sampled (the event carries none of it)
         events.append({"type": "response.compaction.compacting", "item_id": item_id, "output_index": output_index})
     elif item.get("type") in ("message", "reasoning"):

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable
 
 from requests.common import InvalidInput, new_id
 from requests.files import part_text
+from requests.mcp import MCP_ITEM_TYPES, normalize_mcp_item, redacted
 from requests.params import tools_responses_to_chat
 from requests.tools import CALL_ITEM_TYPES, OUTPUT_ITEM_TYPES, ToolMap, call_to_chat, output_to_chat
 
@@ -152,6 +153,8 @@ def normalize_input_items(input: str | list | None) -> list[dict]:
             if not isinstance(raw.get("id"), str):
                 raise InvalidInput("item_reference needs a string 'id'.", f"{param}.id")
             items.append({"type": "item_reference", "id": raw["id"]})
+        elif item_type in MCP_ITEM_TYPES:
+            items.append(normalize_mcp_item(raw, param))
         elif item_type == "compaction":
             _require_str(raw, "encrypted_content", param)
             items.append({"type": "compaction", "id": raw.get("id") or new_id("cmp"),
@@ -540,7 +543,7 @@ def build_response_object(*, response_id: str, model: str, output_items: list[di
         "top_logprobs": int(req.get("top_logprobs") or 0),
         "text": _text_echo(req.get("text")),
         "tool_choice": req.get("tool_choice") or "auto",
-        "tools": [_tool_echo(tool) for tool in req.get("tools") or ()],
+        "tools": [_tool_echo(tool) for tool in redacted(req.get("tools")) or ()],
         "truncation": req.get("truncation") or "disabled",
         "usage": usage,
         "user": req.get("user"),

@@ -123,6 +123,10 @@ def validate_create_body(data: Any, max_input_items: int | None = None) -> dict:
     _validate(CreateResponseBody, data)
     if data.get("background") and data.get("store") is False:
         raise InvalidInput("Background responses need 'store': true (the default).", "background")
+    if data.get("background") and any(isinstance(t, dict) and t.get("type") == "mcp" and
+                                       (t.get("headers") or t.get("authorization")) for t in data.get("tools") or ()):
+        raise InvalidInput("A background response is stored with its request: it cannot carry an mcp tool's "
+                           "'headers' or 'authorization'.", "background")
     _check_item_count(data, max_input_items)
     _check_conversation(data)
     _check_context_management(data.get("context_management"))

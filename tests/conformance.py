@@ -163,13 +163,25 @@ def sdk_item(item: dict) -> Any:
 
 # ── whole-object checks ────────────────────────────────────────────────────────
 
+#: Output item types whose SDK type has no ``status``.
+_WITHOUT_STATUS = ("custom_tool_call", "compaction", "mcp_list_tools", "mcp_approval_request")
+#: Events inside an item of each type, beyond the part and delta events of messages and calls.
+_ITEM_EVENTS = {"compaction": ("response.compaction.compacting",),
+                "mcp_list_tools": ("response.mcp_list_tools.in_progress", "response.mcp_list_tools.completed",
+                                   "response.mcp_list_tools.failed"),
+                "mcp_call": ("response.mcp_call.in_progress", "response.mcp_call_arguments.delta",
+                             "response.mcp_call_arguments.done", "response.mcp_call.completed",
+                             "response.mcp_call.failed")}
+
+
 def check_items(output: list[dict]) -> None:
     """Every output item has an ``id`` and a ``status`` (but ``custom_tool_call`` and ``compaction``,
     whose SDK types have none); every ``output_text`` part has ``annotations`` and ``logprobs`` lists."""
     for n, item in enumerate(output):
         assert isinstance(item.get("id"), str) and item["id"], f"output[{n}] has no id: {item}"
-        if item.get("type") not in ("custom_tool_call", "compaction"):
-            assert item.get("status") in ("in_progress", "completed", "incomplete"), \
+        if item.get("type") not in _WITHOUT_STATUS:
+            assert item.get("status") in ("in_progress", "completed", "incomplete") \
+                or (item.get("type") == "mcp_call" and item.get("status") == "failed"), \
                 f"output[{n}] has no valid status: {item}"
         for part in item.get("content") or () if item.get("type") == "message" else ():
             if part.get("type") == "output_text":
@@ -313,7 +325,7 @@ def check_stream(events: list[dict], *, spec: bool = True, queued: bool = False,
             assert open_item is None, f"item {e['output_index']} added while {open_item.index} is open"
             assert e["output_index"] == next_index, f"output_index {e['output_index']} != {next_index}"
             item = e["item"]
-            assert item.get("status") == "in_progress" or item.get("type") in ("custom_tool_call", "compaction"), \
+            assert item.get("status") == "in_progress" or item.get("type") in _WITHOUT_STATUS, \
                 f"added item not in_progress: {item}"
             assert isinstance(item.get("id"), str) and item["id"]
             if item["type"] in ("message", "reasoning"):
@@ -402,7 +414,8 @@ def check_stream(events: list[dict], *, spec: bool = True, queued: bool = False,
         elif t == "response.output_item.done":
             item = e["item"]
             assert item["id"] == open_item.item["id"] and item["type"] == kind, "the item changed identity"
-            assert item.get("status") in ("completed", "incomplete") or kind in ("custom_tool_call", "compaction"), \
+            assert item.get("status") in ("completed", "incomplete", "failed" if kind == "mcp_call" else "") \
+                or kind in _WITHOUT_STATUS, \
                 f"done item without a final status: {item}"
             if kind in ("message", "reasoning"):
                 assert all(p["done"] for p in open_item.parts), "output_item.done with a part still open"
@@ -427,9 +440,8 @@ def check_stream(events: list[dict], *, spec: bool = True, queued: bool = False,
             done_items.append(item)
             open_item = None
             next_index += 1
-        elif t == "response.compaction.compacting":
-            assert kind == "compaction" and e["item_id"] == open_item.item["id"] \
-                and e["output_index"] == open_item.index, e
+        elif t in _ITEM_EVENTS.get(kind, ()):
+            assert e["item_id"] == open_item.item["id"] and e["output_index"] == open_item.index, e
         else:
             raise AssertionError(f"unexpected event {t} inside an item")
     assert open_item is None, f"the stream ended with item {open_item.index} open"
