@@ -185,9 +185,9 @@ class TurnRun:
 
     async def _chat_backend(self) -> bool:
         """Whether the turn's model is served by Chat endpoints (an upstream Responses API runs its
-        hosted tools itself)."""
+        hosted tools itself; a model no endpoint serves goes the usual way, to its 404)."""
         candidates = await self.gateway.registry.find(self.turn.routed_model)
-        return not candidates or not candidates[0][0].native
+        return bool(candidates) and not candidates[0][0].native
 
     async def begin_stream(self) -> None:
         """Record a foreground stream as ``in_progress`` before its first event (with ``store``)."""
