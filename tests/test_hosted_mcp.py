@@ -160,3 +160,19 @@ async def test_background_mcp_with_headers_is_refused(gw, mcp_server):
     reply = await gw.post("/v1/responses", json={"model": "tiny", "input": "x", "background": True,
                                                  "tools": [mcp_tool(mcp_server, authorization="tok")]})
     assert assert_openai_error(reply, 400)["param"] == "background"
+
+
+async def test_the_openai_sdk_runs_an_mcp_turn(gw, mcp_server):
+    import httpx
+    import openai
+
+    import router
+    client = openai.AsyncOpenAI(base_url="http://gateway/v1", api_key="none", max_retries=0, http_client=httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=router.app), base_url="http://gateway"))
+    response = await client.responses.create(model="tiny", input="weather?", tools=[mcp_tool(mcp_server)])
+    assert [item.type for item in response.output] == ["mcp_list_tools", "mcp_call", "message"]
+    assert response.output[1].output == "Sunny in Paris"
+    assert response.output_text == TOOL_RESULT_PREFIX + "Sunny in Paris"
+    stream = await client.responses.create(model="tiny", input="weather?", tools=[mcp_tool(mcp_server)], stream=True)
+    kinds = [event.type async for event in stream]
+    assert "response.mcp_call.completed" in kinds and kinds[-1] == "response.completed"

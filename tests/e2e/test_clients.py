@@ -103,3 +103,24 @@ def test_the_agents_sdk_keeps_its_sessions_in_the_gateway(gateway, tmp_path):
     assert "compaction" in compaction["kept"]
     summarized = [r for r in backend.requests if "handover note" in str(r["messages"][-1].get("content"))]
     assert summarized
+
+
+def test_the_agents_sdk_runs_a_hosted_mcp_tool_with_approval(tmp_path):
+    """HostedMCPTool with an on_approval_request callback: the gateway asks, the SDK approves, the
+    gateway runs the call on the local MCP server and the model answers from its output."""
+    from tests.mcp_server import McpTestServer
+    target = _required("NOMYO_AGENTS_TARGET", "The OpenAI Agents SDK")
+    with OllamaTestServer(models=[MODEL], loaded=[MODEL]) as backend, McpTestServer() as mcp:
+        proc = GatewayProcess(tmp_path, endpoints=[backend.url], model_aliases={REASONING_ALIAS: MODEL},
+                              mcp_allowed_servers=[f"http://127.0.0.1:{mcp.port}/"]).start()
+        try:
+            done = subprocess.run([sys.executable, str(CLIENTS / "agents_mcp.py"), f"{proc.url}/v1", REASONING_ALIAS,
+                                   mcp.url], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)},
+                                  capture_output=True, text=True, timeout=180)
+        finally:
+            proc.stop()
+        assert done.returncode == 0, done.stderr[-3000:]
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+        assert out["asked"] == ["weather"]
+        assert out["final"] == TOOL_RESULT_PREFIX + "Sunny in Paris"
+        assert mcp.calls == [("weather", {"city": "Paris"})]
