@@ -176,3 +176,26 @@ async def test_the_openai_sdk_runs_an_mcp_turn(gw, mcp_server):
     stream = await client.responses.create(model="tiny", input="weather?", tools=[mcp_tool(mcp_server)], stream=True)
     kinds = [event.type async for event in stream]
     assert "response.mcp_call.completed" in kinds and kinds[-1] == "response.completed"
+
+
+async def test_approvals_with_the_whole_history_and_on_a_conversation(gw, mcp_server):
+    tools = [mcp_tool(mcp_server, require_approval="always", allowed_tools=["weather"])]
+    question = {"role": "user", "content": "weather?"}
+    asked = await create(gw, input=[question], tools=tools, store=False)
+    request = asked["output"][-1]
+    before = len(mcp_server.calls)
+    answer = {"type": "mcp_approval_response", "approval_request_id": request["id"], "approve": True}
+    done = await create(gw, input=[question, *asked["output"], answer], tools=tools, store=False)
+    assert [item["type"] for item in done["output"]] == ["mcp_call", "message"]
+    # the client resends the call it got: the same approval runs nothing again
+    again = await create(gw, input=[question, *asked["output"], answer, *done["output"]], tools=tools, store=False)
+    assert "mcp_call" not in [item["type"] for item in again["output"]]
+    assert len(mcp_server.calls) == before + 1
+
+    conversation = (await gw.post("/v1/conversations", json={})).json()["id"]
+    asked = await create(gw, input="weather?", tools=tools, conversation=conversation)
+    request = asked["output"][-1]
+    done = await create(gw, tools=tools, conversation=conversation, input=[
+        {"type": "mcp_approval_response", "approval_request_id": request["id"], "approve": True}])
+    assert [item["type"] for item in done["output"]] == ["mcp_call", "message"]
+    assert len(mcp_server.calls) == before + 2
