@@ -199,3 +199,24 @@ async def test_approvals_with_the_whole_history_and_on_a_conversation(gw, mcp_se
         {"type": "mcp_approval_response", "approval_request_id": request["id"], "approve": True}])
     assert [item["type"] for item in done["output"]] == ["mcp_call", "message"]
     assert len(mcp_server.calls) == before + 2
+
+
+async def test_the_clients_own_functions_still_go_back_to_it(gw, mcp_server):
+    function = {"type": "function", "name": "get_time", "parameters": {"type": "object", "properties": {}}}
+    answer = await create(gw, input="[two] time and weather", tools=[function, mcp_tool(mcp_server,
+                                                                                        allowed_tools=["weather"])])
+    assert [item["type"] for item in answer["output"]] == ["mcp_list_tools", "mcp_call", "function_call"]
+    assert answer["output"][2]["name"] == "get_time" and answer["output"][1]["output"] == "Sunny in Paris"
+
+
+async def test_a_streamed_turn_whose_server_hangs_ends_with_response_failed(gateway_factory, ollama, mcp_server):
+    async with gateway_factory(endpoints=[ollama.url], mcp_allowed_servers=[f"http://127.0.0.1:{mcp_server.port}/"],
+                               mcp_timeout=1) as http:
+        reply = await http.post("/v1/responses", json={"model": "tiny", "input": "x", "stream": True, "tools": [
+            mcp_tool(mcp_server, allowed_tools=["slow"])]})
+        events = parse_sse(reply.text)
+        check_stream(events, spec=False)
+        assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
+        failed = events[-1]["response"]
+        stored = (await http.get(f"/v1/responses/{failed['id']}")).json()
+        assert stored["status"] == "failed" and "mcp_timeout" in stored["error"]["message"]
