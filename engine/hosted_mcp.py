@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from engine.mcp import call_tool, check_server, list_tools
+from engine.mcp import McpSessions, check_server
 from engine.turn import Turn
 from engine.upstream import Completion, open_upstream
 from errors import APIError
@@ -87,10 +87,19 @@ async def _ask(run: TurnRun, turn: Turn) -> dict:
 
 
 async def run_hosted_mcp(run: TurnRun) -> dict:
-    """The whole Response of ``run``'s turn (see the module docstring). Raises APIError: 400 for an
-    approval response to no request of the chain, 502/504 for a server that fails or hangs, and
-    what the model calls raise."""
-    turn, settings = run.turn, run.gateway.settings
+    """The whole Response of ``run``'s turn (see the module docstring), over one MCP session per
+    server. Raises APIError: 400 for an approval response to no request of the chain, 502/504 for a
+    server that fails or hangs, and what the model calls raise."""
+    settings = run.gateway.settings
+    sessions = McpSessions(settings.mcp_timeout, settings.mcp_max_output_bytes)
+    try:
+        return await _loop(run, sessions)
+    finally:
+        await sessions.aclose()
+
+
+async def _loop(run: TurnRun, sessions: McpSessions) -> dict:
+    turn = run.turn
     servers = mcp_servers(turn.body.get("tools"))
     by_label = {server["server_label"]: server for server in servers}
     context = turn.context_items
@@ -103,7 +112,7 @@ async def run_hosted_mcp(run: TurnRun) -> dict:
         if prior is not None:
             listed[label] = prior["tools"]
         else:
-            listed[label] = await list_tools(server, settings.mcp_timeout)
+            listed[label] = await sessions.list_tools(server)
             output.append(list_tools_item(label, listed[label]))
 
     extra: list[dict] = []  # what the model reads after the input: output items, refusals
@@ -120,8 +129,7 @@ async def run_hosted_mcp(run: TurnRun) -> dict:
         made.add(call_id)
         server = by_label.get(request["server_label"])
         if answer["approve"] and server is not None:
-            result = await call_tool(server, request["name"], request["arguments"], settings.mcp_timeout,
-                                     settings.mcp_max_output_bytes)
+            result = await sessions.call_tool(server, request["name"], request["arguments"])
             item = call_item(request["server_label"], request["name"], request["arguments"], *result,
                              approval_request_id=request["id"])
             output.append(item)
@@ -161,8 +169,7 @@ async def run_hosted_mcp(run: TurnRun) -> dict:
                 output.append(approval_request_item(server["server_label"], tool["name"], call["arguments"]))
                 waiting = True
                 continue
-            result = await call_tool(server, tool["name"], call["arguments"], settings.mcp_timeout,
-                                     settings.mcp_max_output_bytes)
+            result = await sessions.call_tool(server, tool["name"], call["arguments"])
             output.append(call_item(server["server_label"], tool["name"], call["arguments"], *result))
             calls += 1
         client_calls = [item for item in theirs if item["type"] not in ("message", "reasoning")]

@@ -3,7 +3,8 @@
 A server is reached only when its URL starts with one of ``mcp_allowed_servers`` (default:
 none); a name that resolves to a loopback, private, link-local or reserved address is refused
 unless the prefix that allows it names that address itself. Streamable HTTP, or SSE for a URL
-that ends in ``/sse``; one session per list or call, each within ``mcp_timeout`` seconds. The
+that ends in ``/sse``; one session per server and turn (:class:`McpSessions`), each list and
+call within ``mcp_timeout`` seconds. The
 ``headers`` (or ``authorization``, sent as a bearer token) of the ``mcp`` tool go to that server
 only. A call's text output is cut at ``mcp_max_output_bytes``.
 """
@@ -13,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import socket
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
@@ -27,7 +29,9 @@ from engine.files import inward_address
 from errors import APIError
 from requests.common import InvalidInput
 
-__all__ = ["check_server", "list_tools", "call_tool"]
+__all__ = ["check_server", "McpSessions"]
+
+log = logging.getLogger("nomyo_router.mcp")
 
 
 async def check_server(server: dict, allowed: list[str], where: str) -> None:
@@ -88,48 +92,68 @@ def _unavailable(server: dict, exc: BaseException, timeout: float) -> APIError:
                          f"{type(exc).__name__}: {exc}.", code="mcp_server_unavailable", type="server_error")
 
 
-async def list_tools(server: dict, timeout: float) -> list[dict]:
-    """The server's tools as ``mcp_list_tools`` entries (``name``, ``description``, ``input_schema``,
-    ``annotations``). Raises APIError 502 ``mcp_server_unavailable`` or 504 ``mcp_server_timeout``."""
-    try:
-        async with asyncio.timeout(timeout):
-            async with _session(server, timeout) as session:
-                listed = await session.list_tools()
-    except Exception as exc:
-        raise _unavailable(server, exc, timeout) from None
-    out = []
-    for tool in listed.tools:
-        annotations = tool.annotations.model_dump(exclude_none=True, by_alias=True) if tool.annotations else None
-        out.append({"name": tool.name, "description": tool.description, "input_schema": tool.input_schema,
-                    "annotations": annotations})
-    return out
-
-
 def _text_of(content: list[Any]) -> str:
     return "".join(getattr(part, "text", "") or "" for part in content)
 
 
-async def call_tool(server: dict, name: str, arguments: str, timeout: float,
-                    max_bytes: int) -> tuple[str | None, dict | None]:
-    """Run ``name`` with ``arguments`` (JSON text): ``(output, None)``, or ``(None, error)`` with an
-    ``McpToolCallError`` (the tool's own failure, or its arguments that are not a JSON object).
-    Raises APIError 502/504 when the server cannot be reached in time."""
-    try:
-        parsed = json.loads(arguments or "{}")
-    except json.JSONDecodeError as exc:
-        return None, {"type": "mcp_protocol_error", "code": -32602, "message": f"arguments are not JSON: {exc}"}
-    if not isinstance(parsed, dict):
-        return None, {"type": "mcp_protocol_error", "code": -32602, "message": "arguments must be a JSON object"}
-    try:
-        async with asyncio.timeout(timeout):
-            async with _session(server, timeout) as session:
-                result = await session.call_tool(name, parsed)
-    except Exception as exc:
-        raise _unavailable(server, exc, timeout) from None
-    text = _text_of(getattr(result, "content", None) or [])
-    if getattr(result, "is_error", False):
-        return None, {"type": "mcp_tool_execution_error", "content": [{"type": "text", "text": text}]}
-    raw = text.encode()
-    if len(raw) > max_bytes:
-        text = raw[:max_bytes].decode(errors="ignore") + f"\n[output cut at mcp_max_output_bytes ({max_bytes} bytes)]"
-    return text, None
+class McpSessions:
+    """The MCP sessions of one turn: one per server, opened at its first use, all closed by
+    :meth:`aclose` (in the task that opened them, as the SDK's transports require). Every list and
+    call has ``timeout`` seconds, connecting included; call outputs are cut at ``max_bytes``."""
+
+    def __init__(self, timeout: float, max_bytes: int):
+        self.timeout, self.max_bytes = timeout, max_bytes
+        self._stack = AsyncExitStack()
+        self._open: dict[str, ClientSession] = {}
+
+    async def aclose(self) -> None:
+        try:
+            await self._stack.aclose()
+        except Exception:  # a server gone: nothing left to close cleanly
+            log.debug("closing MCP sessions failed", exc_info=True)
+
+    async def _session(self, server: dict) -> ClientSession:
+        label = server["server_label"]
+        if label not in self._open:
+            self._open[label] = await self._stack.enter_async_context(_session(server, self.timeout))
+        return self._open[label]
+
+    async def list_tools(self, server: dict) -> list[dict]:
+        """The server's tools as ``mcp_list_tools`` entries (``name``, ``description``,
+        ``input_schema``, ``annotations``). Raises APIError 502 ``mcp_server_unavailable`` or 504
+        ``mcp_server_timeout``."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                listed = await (await self._session(server)).list_tools()
+        except Exception as exc:
+            raise _unavailable(server, exc, self.timeout) from None
+        out = []
+        for tool in listed.tools:
+            annotations = tool.annotations.model_dump(exclude_none=True, by_alias=True) if tool.annotations else None
+            out.append({"name": tool.name, "description": tool.description, "input_schema": tool.input_schema,
+                        "annotations": annotations})
+        return out
+
+    async def call_tool(self, server: dict, name: str, arguments: str) -> tuple[str | None, dict | None]:
+        """Run ``name`` with ``arguments`` (JSON text): ``(output, None)``, or ``(None, error)`` with an
+        ``McpToolCallError`` (the tool's own failure, or arguments that are not a JSON object).
+        Raises APIError 502/504 when the server cannot be reached in time."""
+        try:
+            parsed = json.loads(arguments or "{}")
+        except json.JSONDecodeError as exc:
+            return None, {"type": "mcp_protocol_error", "code": -32602, "message": f"arguments are not JSON: {exc}"}
+        if not isinstance(parsed, dict):
+            return None, {"type": "mcp_protocol_error", "code": -32602, "message": "arguments must be a JSON object"}
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await (await self._session(server)).call_tool(name, parsed)
+        except Exception as exc:
+            raise _unavailable(server, exc, self.timeout) from None
+        text = _text_of(getattr(result, "content", None) or [])
+        if getattr(result, "is_error", False):
+            return None, {"type": "mcp_tool_execution_error", "content": [{"type": "text", "text": text}]}
+        raw = text.encode()
+        if len(raw) > self.max_bytes:
+            text = raw[:self.max_bytes].decode(errors="ignore") \
+                + f"\n[output cut at mcp_max_output_bytes ({self.max_bytes} bytes)]"
+        return text, None

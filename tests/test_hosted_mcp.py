@@ -44,8 +44,10 @@ async def create(http, **body) -> dict:
 
 
 async def test_a_turn_lists_the_tools_calls_one_and_answers(gw, ollama, mcp_server):
-    before = len(mcp_server.calls)
+    before, seen = len(mcp_server.calls), len(mcp_server.headers)
     answer = await create(gw, input="weather?", tools=[mcp_tool(mcp_server, headers={"X-Key": "secret-1"})])
+    sessions = {h["mcp-session-id"] for h in mcp_server.headers[seen:] if "mcp-session-id" in h}
+    assert len(sessions) == 1                                          # one MCP session for the whole turn
     kinds = [item["type"] for item in answer["output"]]
     assert kinds == ["mcp_list_tools", "mcp_call", "message"]
     listed, call, message = answer["output"]
