@@ -1,5 +1,5 @@
 """A real MCP server on 127.0.0.1 for the tests (the ``mcp`` SDK's ``MCPServer``, streamable HTTP, under
-uvicorn in a thread): ``weather(city)``, ``broken()`` (always fails), ``slow()`` (sleeps 30 s). ``calls``
+uvicorn in a thread; or the SSE transport of older servers): ``weather(city)``, ``broken()`` (always fails), ``slow()`` (sleeps 30 s). ``calls``
 records each tool run and ``headers`` the headers of each request."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from mcp.server.mcpserver import MCPServer
 
 
 class McpTestServer:
-    def __init__(self) -> None:
+    def __init__(self, transport: str = "streamable-http") -> None:
+        self.transport = transport
         self.calls: list[tuple[str, dict]] = []
         self.headers: list[dict] = []
         server = MCPServer("test-tools")
@@ -39,7 +40,7 @@ class McpTestServer:
             await asyncio.sleep(30)
             return "late"
 
-        app = server.streamable_http_app()
+        app = server.sse_app() if transport == "sse" else server.streamable_http_app()
         headers = self.headers
 
         async def recording(scope, receive, send):
@@ -57,7 +58,7 @@ class McpTestServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/mcp"
+        return f"http://127.0.0.1:{self.port}/{'sse' if self.transport == 'sse' else 'mcp'}"
 
     def __enter__(self) -> "McpTestServer":
         self._thread.start()

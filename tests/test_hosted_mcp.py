@@ -222,3 +222,12 @@ async def test_a_streamed_turn_whose_server_hangs_ends_with_response_failed(gate
         failed = events[-1]["response"]
         stored = (await http.get(f"/v1/responses/{failed['id']}")).json()
         assert stored["status"] == "failed" and "mcp_timeout" in stored["error"]["message"]
+
+
+async def test_an_older_server_over_sse(gateway_factory, ollama):
+    with McpTestServer(transport="sse") as old:
+        async with gateway_factory(endpoints=[ollama.url], mcp_allowed_servers=[f"http://127.0.0.1:{old.port}/"],
+                                   mcp_timeout=5) as http:
+            answer = await create(http, input="weather?", tools=[mcp_tool(old, allowed_tools=["weather"])])
+    assert [item["type"] for item in answer["output"]] == ["mcp_list_tools", "mcp_call", "message"]
+    assert answer["output"][1]["output"] == "Sunny in Paris" and old.calls == [("weather", {"city": "Paris"})]
