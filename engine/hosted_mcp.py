@@ -128,7 +128,10 @@ async def _loop(run: TurnRun, sessions: McpSessions) -> dict:
             continue  # a replayed approval: its call ran already
         made.add(call_id)
         server = by_label.get(request["server_label"])
-        if answer["approve"] and server is not None:
+        if answer["approve"] and server is None:
+            raise APIError(400, f"The approved call is for the MCP server '{request['server_label']}', which is not "
+                                "among this request's tools.", param="tools", code="mcp_server_not_in_tools")
+        if answer["approve"]:
             result = await sessions.call_tool(server, request["name"], request["arguments"])
             item = call_item(request["server_label"], request["name"], request["arguments"], *result,
                              approval_request_id=request["id"])
