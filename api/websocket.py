@@ -399,8 +399,8 @@ class SocketSession:
                                 "compaction cannot be steered.")
         if not run.steerable():
             return await failed("steering_not_supported" if run.final is None else "response_not_active",
-                                "This response cannot be steered now (it runs on an upstream Responses API, or "
-                                "is ending).")
+                                "This response cannot be steered now (an upstream Responses API or the gateway's "
+                                "MCP loop runs it, or it is ending).")
         if len(self.steers) >= MAX_PENDING_STEERS:
             return await failed("too_many_pending_steers", f"At most {MAX_PENDING_STEERS} steering inputs may wait "
                                 "for one response.")
