@@ -220,6 +220,13 @@ class Registry:
             cands = self.candidates(model, exclude)
         return cands
 
+
+    async def serves_by_chat(self, model: str) -> bool:
+        """Whether ``model``'s first endpoint speaks Chat Completions (not an upstream Responses API),
+        so the gateway itself runs what OpenAI would (compaction, hosted MCP tools). False when no
+        endpoint serves it: the turn then goes the usual way, to its 404."""
+        candidates = await self.find(model)
+        return bool(candidates) and not candidates[0][0].native
     def has_native_endpoints(self) -> bool:
         """Whether any endpoint is served natively (an upstream Responses API)."""
         return any(ep.native for ep in self.endpoints.values())

@@ -199,11 +199,7 @@ class GatewayMiddleware:
         if (await receive())["type"] != "websocket.connect":
             return
         if "websocket.http.response" in (scope.get("extensions") or {}):
-            body = orjson.dumps(error_body(refusal.message, refusal.type, refusal.param, refusal.code))
-            await send({"type": "websocket.http.response.start", "status": refusal.status,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "websocket.http.response.body", "body": body})
+            await _reply(send, refusal, "websocket.http.response")
         else:
             await send({"type": "websocket.close", "code": 1008, "reason": refusal.message[:120]})
 
@@ -294,8 +290,9 @@ def _too_large(limit: int) -> APIError:
     return APIError(413, f"The request body is larger than {limit} bytes.", code="request_too_large")
 
 
-async def _reply(send: Any, exc: APIError) -> None:
+async def _reply(send: Any, exc: APIError, kind: str = "http.response") -> None:
+    """``exc`` as the whole JSON answer (``kind``: ``websocket.http.response`` refuses an upgrade)."""
     body = orjson.dumps(error_body(exc.message, exc.type, exc.param, exc.code))
-    await send({"type": "http.response.start", "status": exc.status,
+    await send({"type": f"{kind}.start", "status": exc.status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": f"{kind}.body", "body": body})

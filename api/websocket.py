@@ -70,12 +70,11 @@ class Steer:
 
 @dataclass
 class _Last:
-    """The connection's last response: its id, its whole context (for a ``store: false``
-    continuation) and its create body (what an automatic successor inherits)."""
+    """The connection's last response: its id and its whole context (for a ``store: false``
+    continuation)."""
 
     id: str
     items: list[dict]
-    body: dict
     #: Steer input still queued for it (it stopped for client-run tool output).
     pending: list[Steer] = field(default_factory=list)
 
@@ -364,7 +363,7 @@ class SocketSession:
         """Keep ``turn`` as the last response (or forget the one it failed to continue); with no steer
         input queued the socket takes the next ``response.create`` from here on."""
         if final["status"] in ("completed", "incomplete"):
-            self.last = _Last(turn.id, turn.items + list(final.get("output") or []), turn.body)
+            self.last = _Last(turn.id, turn.items + list(final.get("output") or []))
         elif continued:
             self.last = None
         if not steers or final["status"] not in ("completed", "incomplete"):  # no successor follows

@@ -110,8 +110,7 @@ async def compact_if_due(gateway: Gateway, turn: Turn) -> None:
     threshold = _threshold(turn.body)
     if threshold is None or turn.compaction is not None:
         return
-    candidates = await gateway.registry.find(turn.routed_model)
-    if not candidates or candidates[0][0].native:  # none: the call itself says why it cannot be served
+    if not await gateway.registry.serves_by_chat(turn.routed_model):
         return
     count = await count_input_tokens(gateway, turn)
     if count.input_tokens <= threshold:

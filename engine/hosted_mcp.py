@@ -16,6 +16,7 @@ The whole response is made here; :class:`engine.runner.TurnRun` records it and s
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from engine.mcp import McpSessions, check_server
@@ -70,10 +71,8 @@ def _turn_with(turn: Turn, offered: dict[str, tuple[dict, dict]], extra: list[di
     body = {**turn.body, "tools": (tools + functions) or None, "stream": False}
     if not body["tools"]:
         body.pop("tool_choice", None)
-    return Turn(id=turn.id, body=body, owner=turn.owner, input_items=turn.input_items + extra, history=turn.history,
-                created_at=turn.created_at, upstream_model=turn.upstream_model, notices=turn.notices,
-                summaries=turn.summaries, compaction=turn.compaction, compaction_at=turn.compaction_at,
-                files=turn.files, fetched=turn.fetched)
+    # not the conversation: only the turn itself ends on it
+    return dataclasses.replace(turn, body=body, input_items=turn.input_items + extra, conversation_id=None)
 
 
 async def _ask(run: TurnRun, turn: Turn) -> dict:

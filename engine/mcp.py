@@ -73,10 +73,9 @@ def _headers(server: dict) -> dict[str, str]:
 
 @asynccontextmanager
 async def _session(server: dict, timeout: float) -> AsyncIterator[ClientSession]:
-    url = server["server_url"]
-    async with httpx2.AsyncClient(headers=_headers(server), timeout=timeout, trust_env=False,
-                                  follow_redirects=False) as http:
-        transport = sse_client(url, headers=_headers(server), timeout=timeout) if url.rstrip("/").endswith("/sse") \
+    url, headers = server["server_url"], _headers(server)
+    async with httpx2.AsyncClient(headers=headers, timeout=timeout, trust_env=False, follow_redirects=False) as http:
+        transport = sse_client(url, headers=headers, timeout=timeout) if url.rstrip("/").endswith("/sse") \
             else streamable_http_client(url, http_client=http)
         async with transport as streams:
             async with ClientSession(streams[0], streams[1], read_timeout_seconds=timeout) as session:

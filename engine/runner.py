@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
 import orjson
 
@@ -158,13 +158,7 @@ class TurnRun:
                  for item in cached.get("output") or []]
         response = turn.response("completed", items, usage=cached.get("usage"))
         self.final = response
-        try:
-            if turn.store:
-                await save(self.gateway, turn, response)
-        except BaseException:
-            await self._end_conversation_turn({**response, "status": "failed"})
-            raise
-        await self._end_conversation_turn(response)
+        await self._with_conversation(response, save(self.gateway, turn, response) if turn.store else None)
         return response
 
     # ── running ───────────────────────────────────────────────────────────────
@@ -173,7 +167,7 @@ class TurnRun:
         Raises its APIError; nothing is held then."""
         note(model=self.turn.model, response_id=self.turn.id)
         await compact_if_due(self.gateway, self.turn)
-        if uses_hosted_mcp(self.turn) and await self._chat_backend():
+        if uses_hosted_mcp(self.turn) and await self.gateway.registry.serves_by_chat(self.turn.routed_model):
             try:
                 await check_servers(self.turn, self.gateway.settings.mcp_allowed_servers)
             except InvalidInput as exc:
@@ -182,12 +176,6 @@ class TurnRun:
             return
         self.upstream = await open_upstream(self.turn, self.gateway.calls, self.gateway.registry, self._slot)
         note(endpoint=self.upstream.endpoint, upstream_model=self.upstream.model)
-
-    async def _chat_backend(self) -> bool:
-        """Whether the turn's model is served by Chat endpoints (an upstream Responses API runs its
-        hosted tools itself; a model no endpoint serves goes the usual way, to its 404)."""
-        candidates = await self.gateway.registry.find(self.turn.routed_model)
-        return bool(candidates) and not candidates[0][0].native
 
     async def begin_stream(self) -> None:
         """Record a foreground stream as ``in_progress`` before its first event (with ``store``)."""
@@ -435,17 +423,24 @@ class TurnRun:
 
     async def _record(self, final: dict, *, answered: bool) -> None:
         turn = self.turn
+        if self.row_written:  # an update, so a response deleted meanwhile stays deleted
+            write = self.gateway.store.update_response(turn.id, final, only_if_active=True)
+        else:
+            write = save(self.gateway, turn, final) if turn.store and answered else None
+        await self._with_conversation(final, write)
+        if self._cache_write is not None and final["status"] == "completed":
+            await self._cache_write(final)
+
+    async def _with_conversation(self, final: dict, write: Awaitable[Any] | None) -> None:
+        """Await the store ``write`` of ``final`` (None: nothing to write), then end the turn on its
+        conversation; a write that fails (the client is told so) gives the conversation nothing."""
         try:
-            if self.row_written:  # an update, so a response deleted meanwhile stays deleted
-                await self.gateway.store.update_response(turn.id, final, only_if_active=True)
-            elif turn.store and answered:
-                await save(self.gateway, turn, final)
-        except BaseException:  # the client is told failed: its conversation gets nothing of it
+            if write is not None:
+                await write
+        except BaseException:
             await self._end_conversation_turn({**final, "status": "failed"})
             raise
         await self._end_conversation_turn(final)
-        if self._cache_write is not None and final["status"] == "completed":
-            await self._cache_write(final)
 
     async def _end_conversation_turn(self, final: dict) -> None:
         """Append the turn's input and output items to its conversation when it has an answer
