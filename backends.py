@@ -4,7 +4,9 @@ Endpoints come from the configuration: Ollama base URLs (``http://host:11434``),
 OpenAI-compatible base URLs ending in ``/v1`` (vLLM, LM Studio, OpenAI itself) and
 ``llama_server_endpoints``. Routing follows NOMYO Router: among the endpoints
 serving a model, prefer one where it is loaded, then the least busy, never more
-than ``max_concurrent_connections`` requests per endpoint-model pair.
+than ``max_concurrent_connections`` requests per endpoint-model pair. With ``redis_url``
+those slots are counted by all replicas together (``slots.SharedSlots``); without, by each
+replica alone.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +28,7 @@ import orjson
 from chat_client import KEEPALIVE_EXPIRY, ChatClient, ChatStream, ConnectFailed, upstream_error
 from config import Settings
 from metrics import QUEUE_SECONDS
+from slots import SharedSlots, SlotsUnavailable
 from errors import APIError, BackendStreamError, BackendTimeout, BackendUnavailable  # noqa: F401 (re-exported)
 
 __all__ = [
@@ -38,6 +43,10 @@ log = logging.getLogger("nomyo_router.backends")
 #: Attempts at a call whose connection failed before any answer (each failed attempt
 #: discards its connection, so the next one takes a fresh or another pooled one).
 CONNECT_ATTEMPTS = 3
+
+#: Seconds at most between two tries of a request waiting for a slot shared through Redis
+#: (releases wake the waiters at once; this covers a wake lost on the way).
+SHARED_POLL_SECONDS = 0.25
 
 
 @dataclass
@@ -99,13 +108,20 @@ def _endpoints_of(settings: Settings) -> dict[str, Endpoint]:
 
 
 class Registry:
-    """The endpoints, their discovered models, usage counters and pooled clients."""
+    """The endpoints, their discovered models, usage counters and pooled clients.
+
+    ``usage`` counts this replica's own requests in flight by (endpoint, model name there);
+    with ``redis_url``, from :meth:`start` on, ``slots`` holds the slots all replicas share
+    and routing ranks endpoints by their load over every replica.
+    """
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.endpoints: dict[str, Endpoint] = _endpoints_of(settings)
         self._retired: list[Any] = []
         self.usage: dict[tuple[str, str], int] = {}
+        #: The slots shared with the other replicas (``redis_url``), from :meth:`start` on.
+        self.slots: SharedSlots | None = None
         #: Requests waiting for a slot now, by model asked.
         self.queued: dict[str, int] = {}
         self._clients: dict[str, openai.AsyncOpenAI] = {}
@@ -161,7 +177,13 @@ class Registry:
         await asyncio.shield(self._refreshing)
 
     async def start(self) -> None:
-        """Run a first discovery (each endpoint bounded by ``connect_timeout``) and start the refresher."""
+        """Share the slots through ``redis_url`` when set (leases of ``replica_lease`` s; an
+        unreachable Redis is logged, not raised: requests get 503 ``slots_unavailable`` until it
+        is back), run a first discovery (each endpoint bounded by ``connect_timeout``) and start
+        the refresher."""
+        if self.settings.redis_url and self.slots is None:
+            self.slots = SharedSlots(self.settings.redis_url, self.settings.replica_lease, wake=self._wake)
+            await self.slots.start()
         await self.refresh_all()
         self._refresher = asyncio.create_task(self._refresh_forever())
 
@@ -173,7 +195,7 @@ class Registry:
     async def reconfigure(self, settings: Settings) -> None:
         """Take new ``settings`` (a reload): endpoints added are discovered, endpoints removed
         take no new requests (those in flight finish), changed ones get new clients; limits and
-        timeouts apply to requests from now on."""
+        timeouts apply to requests from now on (``redis_url`` waits for a restart)."""
         fresh = _endpoints_of(settings)
         for url, ep in fresh.items():
             old = self.endpoints.get(url)
@@ -186,14 +208,16 @@ class Registry:
         for url in set(self._clients) - kept:
             self._retired.append(self._clients.pop(url))  # may still be in use: closed with the registry
         self.settings, self.endpoints = settings, fresh
-        async with self._slot_freed:
-            self._slot_freed.notify_all()  # a larger max_concurrent_connections frees waiters
+        await self._wake()  # a larger max_concurrent_connections frees waiters
         await self.refresh_all()
 
     async def close(self) -> None:
-        """Stop the refresher and close every pooled client."""
+        """Stop the refresher, give the shared slots this replica holds back, close every pooled client."""
         if self._refresher is not None:
             self._refresher.cancel()
+        if self.slots is not None:
+            slots, self.slots = self.slots, None
+            await slots.close()
         await self._http.aclose()
         for client in [*self._clients.values(), *self._retired]:
             await client.close()
@@ -245,9 +269,11 @@ class Registry:
 
         Returns ``(endpoint url, model name at that endpoint)``; the caller gives
         the slot back with :meth:`release`. Prefers reachable, then loaded, then
-        least busy endpoints; waits up to ``queue_timeout`` seconds for a slot.
+        least busy endpoints (busy over all replicas when the slots are shared);
+        waits up to ``queue_timeout`` seconds for a slot.
         Raises APIError 404 ``model_not_found``, 502 ``backend_unavailable`` when no
-        endpoint can be reached at all, or 429 ``all_endpoints_busy``.
+        endpoint can be reached at all, 429 ``all_endpoints_busy``, or 503
+        ``slots_unavailable`` when the shared slots' Redis cannot be asked.
         """
         cands = await self.find(model, exclude)
         if not cands:
@@ -263,18 +289,36 @@ class Registry:
                            param="model", code="model_not_found")
         loop = asyncio.get_running_loop()
         started = loop.time()
-        async with self._slot_freed:
-            key = self._free_slot(cands)
+        deadline = started + self.settings.queue_timeout
+        if self.slots is not None:
+            key = await self._take_shared(cands)
             if key is None:
-                self.queued[model] = self.queued.get(model, 0) + 1
-                try:
-                    key = await self._wait_for_slot(cands, model, started + self.settings.queue_timeout)
-                finally:
-                    self.queued[model] -= 1
-                    if not self.queued[model]:
-                        del self.queued[model]
+                with self._waiting(model):
+                    key = await self._wait_for_shared(cands, model, deadline)
+        else:
+            async with self._slot_freed:
+                key = self._free_slot(cands)
+                if key is None:
+                    with self._waiting(model):
+                        key = await self._wait_for_slot(cands, model, deadline)
         QUEUE_SECONDS.labels(model).observe(loop.time() - started)
         return key
+
+    @contextmanager
+    def _waiting(self, model: str) -> Iterator[None]:
+        """Count one more request waiting for a slot of ``model`` in ``queued`` meanwhile."""
+        self.queued[model] = self.queued.get(model, 0) + 1
+        try:
+            yield
+        finally:
+            self.queued[model] -= 1
+            if not self.queued[model]:
+                del self.queued[model]
+
+    @staticmethod
+    def _all_busy(model: str) -> APIError:
+        return APIError(429, f"Every endpoint serving '{model}' is at its concurrency limit.",
+                        code="all_endpoints_busy", type="rate_limit_error")
 
     def _free_slot(self, cands: list[tuple[Endpoint, str]]) -> tuple[str, str] | None:
         """Take a slot on the best candidate with one free (reachable, loaded, least busy
@@ -301,8 +345,7 @@ class Registry:
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise APIError(429, f"Every endpoint serving '{model}' is at its concurrency limit.",
-                               code="all_endpoints_busy", type="rate_limit_error")
+                raise self._all_busy(model)
             try:
                 async with asyncio.timeout(remaining):
                     await self._slot_freed.wait()
@@ -315,17 +358,66 @@ class Registry:
             if key is not None:
                 return key
 
+    async def _take_shared(self, cands: list[tuple[Endpoint, str]]) -> tuple[str, str] | None:
+        """Take a slot shared with the other replicas on the best candidate with one free
+        (reachable, loaded, least busy over all replicas first), trying the next when another
+        replica took the last one first; None when all are full. Raises APIError 503
+        ``slots_unavailable`` when Redis cannot be asked (never taken for a free slot)."""
+        slots, limit = self.slots, self.settings.max_concurrent_connections
+        pairs = [(ep.url, name) for ep, name in cands]
+        try:
+            used = await slots.counts(pairs)
+            ranked = sorted(((ep.reachable is False, name not in ep.loaded, used[pair], order), pair)
+                            for order, ((ep, name), pair) in enumerate(zip(cands, pairs)) if used[pair] < limit)
+            for _, pair in ranked:
+                if await slots.acquire(pair, limit) is not None:
+                    self.usage[pair] = self.usage.get(pair, 0) + 1
+                    return pair
+        except SlotsUnavailable as exc:
+            raise APIError(503, f"The concurrency slots the replicas share are unavailable: {exc}",
+                           code="slots_unavailable", type="server_error") from exc
+        return None
+
+    async def _wait_for_shared(self, cands: list[tuple[Endpoint, str]], model: str,
+                               deadline: float) -> tuple[str, str]:
+        """Wait for a shared slot until the loop time ``deadline``, trying again whenever a slot
+        is released on this replica or another (the wake through Redis), and at least every
+        :data:`SHARED_POLL_SECONDS`; raises APIError 429 ``all_endpoints_busy`` then (503
+        ``slots_unavailable`` as :meth:`_take_shared`)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise self._all_busy(model)
+            async with self._slot_freed:  # every wake is a notify_all: none to pass on when cancelled
+                try:
+                    async with asyncio.timeout(min(remaining, SHARED_POLL_SECONDS)):
+                        await self._slot_freed.wait()
+                except TimeoutError:
+                    pass
+            key = await self._take_shared(cands)
+            if key is not None:
+                return key
+
+    async def _wake(self) -> None:
+        """Wake every waiter of this replica (a slot freed here, on another replica, or by a reload)."""
+        async with self._slot_freed:
+            self._slot_freed.notify_all()
+
     async def release(self, endpoint: str, model: str) -> None:
         """Give a usage slot back and wake the waiters (those of every model: each checks
-        whether the freed slot is one it can use). Never goes below zero."""
+        whether the freed slot is one it can use). Never goes below zero. With shared slots,
+        one of this replica's tokens of the pair is given back too (the other replicas'
+        waiters are woken through Redis; a Redis error is logged, the lease then frees it)."""
         key = (endpoint, model)
         left = self.usage.get(key, 0) - 1
         if left > 0:
             self.usage[key] = left
         else:
             self.usage.pop(key, None)
-        async with self._slot_freed:
-            self._slot_freed.notify_all()
+        if self.slots is not None:
+            await self.slots.release(key)
+        await self._wake()
 
     def mark_unreachable(self, endpoint: str, detail: str) -> None:
         """Record a failed connection so routing prefers other endpoints until rediscovery."""

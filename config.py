@@ -83,16 +83,31 @@ class Settings(BaseSettings):
     log_requests: bool = True
     #: The exact-match response cache, for requests that opt in with ``"nomyo": {"cache": true}``.
     cache_enabled: bool = False
-    #: Where cached answers live: in memory, or in the SQLite file ``cache_db_path``.
-    cache_backend: Literal["memory", "sqlite"] = "memory"
+    #: Where cached answers live: in memory, in the SQLite file ``cache_db_path``, or in Redis
+    #: (``cache_redis_url``), shared by every replica.
+    cache_backend: Literal["memory", "sqlite", "redis"] = "memory"
+    #: The Redis of ``cache_backend: redis`` (``redis://host:6379/0``); unset: ``redis_url``.
+    cache_redis_url: str | None = None
     #: Seconds a cached answer is served.
     cache_ttl: float = Field(3600, gt=0)
     #: Cached answers kept (the oldest go first).
     cache_max_entries: int = Field(10_000, ge=1)
     #: The SQLite file of ``cache_backend: sqlite``.
     cache_db_path: str = "./cache.db"
-    #: The response store (SQLite); ``NOMYO_ROUTER_DB_PATH`` overrides it. One process per store.
+    #: The SQLite response store's file; ``NOMYO_ROUTER_DB_PATH`` overrides it. One process per
+    #: SQLite store (``store_url`` with PostgreSQL runs several).
     db_path: str = "./nomyo-router.db"
+    #: The response store: ``sqlite:///path`` (unset: ``db_path``) or ``postgresql://user@host/db``,
+    #: which replicas share (see the README's scaling section).
+    store_url: str | None = None
+    #: Redis (``redis://host:6379/0``) for what replicas share fast: the
+    #: ``max_concurrent_connections`` slots of every endpoint-model pair (and the cache, unless
+    #: ``cache_redis_url`` names another). Unset: each replica counts its own slots.
+    redis_url: str | None = None
+    #: Seconds a replica on a shared store holds its turns and slots without a heartbeat (it beats
+    #: every fifth of this); past it another replica fails its running turns, runs its queued
+    #: background responses and gives its slots back.
+    replica_lease: float = Field(5, ge=1)
     #: Seconds the backend may stay silent: before its answer starts, and between stream chunks.
     request_timeout: float = Field(600, gt=0)
     #: Seconds one whole upstream call may take, its stream included, however steadily it trickles.
@@ -205,10 +220,36 @@ class Settings(BaseSettings):
                 raise ValueError(f"alias {alias!r} points at another alias, {target!r}")
         return aliases
 
+    @field_validator("store_url")
+    @classmethod
+    def _store_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(f"{url!r} is neither sqlite:///path nor postgresql://...")
+        return url
+
+    @field_validator("redis_url", "cache_redis_url")
+    @classmethod
+    def _redis_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{url!r} is not a redis:// URL")
+        return url
+
     @model_validator(mode="after")
     def _one_owner_per_key(self) -> "Settings":
         self.key_owners  # raises for a key given to two owners
+        if self.cache_enabled and self.cache_backend == "redis" and not (self.cache_redis_url or self.redis_url):
+            raise ValueError("cache_backend: redis needs cache_redis_url (or redis_url)")
         return self
+
+    @property
+    def store_location(self) -> str:
+        """The store's URL: ``store_url``, or ``sqlite:///`` + ``db_path``."""
+        return self.store_url or f"sqlite:///{self.db_path}"
+
+    @property
+    def cache_redis(self) -> str | None:
+        """The Redis URL of the cache: ``cache_redis_url``, else ``redis_url``."""
+        return self.cache_redis_url or self.redis_url
 
     def hosted_tool_policy(self, tool_type: str) -> HostedToolPolicy:
         """``drop`` or ``reject`` for hosted tools of ``tool_type`` on translated endpoints."""

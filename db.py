@@ -14,7 +14,7 @@ import asyncio
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 try:
     import fcntl
@@ -26,7 +26,10 @@ import orjson
 
 from db_conversations import ConversationTables
 
-__all__ = ["ResponseStore", "StoreInUse", "Chain", "SCHEMA_VERSION"]
+__all__ = ["ResponseStore", "StoreInUse", "Chain", "SCHEMA_VERSION", "ACTIVE"]
+
+#: The statuses of a response that has not ended yet.
+ACTIVE = ("queued", "in_progress")
 
 
 class StoreInUse(RuntimeError):
@@ -189,7 +192,7 @@ def _row_dict(row: tuple) -> dict:
             "status": row[4], "background": bool(row[5]), "created_at": row[6],
             "input_items": orjson.loads(row[7]),
             "response": orjson.loads(row[8]) if row[8] else None,
-            "request": orjson.loads(row[9]) if row[9] else None}
+            "request": orjson.loads(row[9]) if row[9] else None, "replica": None}
 
 
 def _item_ids(items: list) -> str:
@@ -203,6 +206,11 @@ class ResponseStore(ConversationTables):
     ``owner`` is an opaque tenant tag (None without authentication); a row is
     visible only to the owner it was stored with.
     """
+
+    #: One process only (``db_postgres.PostgresStore`` is the store replicas share).
+    shared = False
+    #: The process's name among replicas: none here, there is one.
+    replica = None
 
     def __init__(self, path: str):
         self.path = path
@@ -246,8 +254,9 @@ class ResponseStore(ConversationTables):
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             lock.close()
-            raise StoreInUse(f"another gateway process already uses the store {self.path}; run one process "
-                             "(one uvicorn worker) per SQLite store") from None
+            raise StoreInUse(f"another gateway process already uses the SQLite store {self.path}; run one "
+                             "process (one uvicorn worker) per SQLite store, or share a PostgreSQL store "
+                             "(store_url: postgresql://...) to run several") from None
         self._lock = lock
 
     async def open(self) -> "ResponseStore":
@@ -284,6 +293,10 @@ class ResponseStore(ConversationTables):
             await self.conn.executescript(f"BEGIN; {MIGRATIONS[step]}; "
                                           f"INSERT OR REPLACE INTO meta VALUES ('schema_version', '{step + 1}'); "
                                           "COMMIT;")
+
+    def describe(self) -> str:
+        """The store's file, for logs."""
+        return self.path
 
     async def close(self) -> None:
         """Close the connection and give the store's lock back (idempotent)."""
@@ -378,27 +391,34 @@ class ResponseStore(ConversationTables):
             " AND request IS NOT NULL ORDER BY created_at, rowid")
         return [_row_dict(row) for row in rows]
 
-    async def fail_orphaned_responses(self) -> int:
+    async def fail_orphaned_responses(self, closing: Callable[[dict, int], list[dict]] | None = None) -> int:
         """Mark responses left in progress by a dead process as failed (and queued ones that
         cannot be run again: not background, or without their create body).
 
-        Their Response objects get ``status: "failed"`` and a ``server_error``.
+        Their Response objects get ``status: "failed"`` and a ``server_error``; where one has
+        stored events (a background stream), ``closing(failed response, last sequence number)``
+        events are appended, so a replay ends as its followers would have seen it end.
         Returns how many rows changed. Run at start-up, before serving.
         """
         rows = await (await self._execute(
-            "SELECT id, response FROM responses WHERE status = 'in_progress'"
+            "SELECT id, response, (SELECT max(sequence_number) FROM response_events e WHERE e.response_id"
+            " = responses.id) FROM responses WHERE status = 'in_progress'"
             " OR (status = 'queued' AND (background = 0 OR request IS NULL))")).fetchall()
         if not rows:
             return 0
         error = {"code": "server_error", "message": "The gateway stopped before this response finished."}
-        updates = []
-        for rid, text in rows:
+        updates, events = [], []
+        for rid, text, last in rows:
             obj = orjson.loads(text) if text else None
             if obj is not None:
                 obj.update(status="failed", error=error, completed_at=None)
+                if last is not None and closing is not None:
+                    events += [(rid, e["sequence_number"], _dumps(e)) for e in closing(obj, last)]
             updates.append(("failed", None if obj is None else _dumps(obj), time.time(), rid))
         await self._executemany(
             "UPDATE responses SET status=?, response=COALESCE(?, response), updated_at=? WHERE id=?", updates)
+        if events:
+            await self._executemany("INSERT OR IGNORE INTO response_events VALUES (?,?,?)", events)
         return len(rows)
 
     # reads -------------------------------------------------------------------

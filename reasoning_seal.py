@@ -10,7 +10,7 @@ this gateway is refused (:class:`SealError`), never used.
 
 The key comes from ``reasoning_encryption_key`` (any string; hashed to 32
 bytes), or is generated once and kept in a file beside the store, readable by
-its owner only. Replicas that share a store must share the key setting.
+its owner only; on a shared (PostgreSQL) store, kept in the store, so every replica has it.
 Compaction summaries (``engine.compaction``) are sealed under the same key.
 """
 
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from requests.common import SEALED_PREFIX
 
-__all__ = ["ReasoningSeal", "SealError", "PREFIX", "load_or_create_key"]
+__all__ = ["ReasoningSeal", "SealError", "PREFIX", "load_or_create_key", "make_key"]
 
 #: Every blob this gateway makes starts so; anything else is foreign.
 PREFIX = SEALED_PREFIX
@@ -42,6 +42,11 @@ _NONCE_BYTES = 12
 
 class SealError(ValueError):
     """An ``encrypted_content`` that cannot be opened: foreign, altered or made under another key."""
+
+
+def make_key() -> bytes:
+    """A new random 32-byte key (256 bits)."""
+    return secrets.token_bytes(32)
 
 
 def load_or_create_key(configured: str | None, store_path: str) -> bytes:

@@ -9,9 +9,7 @@ and the API routers.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import sqlite3
 from contextlib import asynccontextmanager
 
 import preflight
@@ -29,7 +27,7 @@ from api.guard import PUBLIC_PATHS, GatewayMiddleware  # noqa: E402,F401  (PUBLI
 from config import ConfigError, load_settings  # noqa: E402
 from logs import configure_logging, note  # noqa: E402
 from metrics import ERRORS, route_family  # noqa: E402
-from db import ResponseStore, StoreInUse  # noqa: E402
+from store import STORE_ERRORS, Store, StoreInUse  # noqa: E402
 from engine.gateway import Gateway, StartupError, open_gateway  # noqa: E402
 from errors import APIError, error_body  # noqa: E402
 
@@ -52,7 +50,7 @@ class RedactKeys(logging.Filter):
 logging.getLogger("uvicorn.access").addFilter(RedactKeys())
 
 #: The response store of the running app (set at start-up; NOMYO Router's name for it).
-db: ResponseStore | None = None
+db: Store | None = None
 
 
 @asynccontextmanager
@@ -65,10 +63,9 @@ async def lifespan(app: FastAPI):
         log.critical("%s", exc)
         raise SystemExit(f"nomyo-router: {exc}") from None
     configure_logging(settings.log_level, settings.log_format)
-    db_path = os.environ.get("NOMYO_ROUTER_DB_PATH") or settings.db_path
     # The backend functions turns run with are api.responses' names, read at call time.
     try:
-        gateway: Gateway = await open_gateway(settings, db_path, calls=responses)
+        gateway: Gateway = await open_gateway(settings, calls=responses)
     except (StoreInUse, StartupError) as exc:
         log.critical("%s", exc)
         raise SystemExit(f"nomyo-router: {exc}") from None
@@ -108,11 +105,14 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=499)  # nobody reads it: the status is for the access log
 
 
-@app.exception_handler(sqlite3.Error)
-async def _store_error(request: Request, exc: sqlite3.Error) -> Response:
+async def _store_error(request: Request, exc: Exception) -> Response:
     log.error("the store failed on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
     return error_response(APIError(503, f"The response store is unavailable: {exc}.", code="store_unavailable",
                                    type="server_error"))
+
+
+for _error in STORE_ERRORS:
+    app.add_exception_handler(_error, _store_error)
 
 
 @app.exception_handler(RequestValidationError)

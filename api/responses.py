@@ -27,6 +27,8 @@ from api.sse import EventStreamResponse, sse_of_batches, sse_of_events
 from backends import (  # noqa: F401  (the seam: see the module docstring)
     _make_openai_client, choose_endpoint, create_chat_with_retries, decrement_usage, is_ext_openai_endpoint)
 from cache import get_llm_cache  # noqa: F401  (the seam)
+from db import ACTIVE
+from engine.eventlog import follow_stored
 from engine.runner import TurnRun
 from engine.tokens import count_input_tokens, estimate_input_tokens
 from engine.compaction import compact
@@ -211,24 +213,23 @@ async def retrieve_response(request: Request, response_id: str, stream: bool = F
         raise APIError(400, "Only background responses can be streamed while they run; retrieve this one "
                             "when it has finished.", param="stream", code="not_background")
     after = -1 if starting_after is None else starting_after
-    job = gateway_of(request).jobs.jobs.get(response_id)
+    gateway = gateway_of(request)
+    job = gateway.jobs.jobs.get(response_id)
     if job is not None and job.turn.stream:
         return EventStreamResponse(sse_of_batches(job.follow(after)))
     if job is not None:
-        await gateway_of(request).jobs.wait(response_id)
-        row = await _row(request, response_id)
-    events = await store_of(request).get_events(response_id, after)
-    if not events:
-        events = [e for e in response_to_events(_response_of(row), queued=row["background"])
-                  if e["sequence_number"] > after]
-    return EventStreamResponse(sse_of_events(events))
+        await gateway.jobs.wait(response_id)
+    # Whatever runs it elsewhere (another replica) writes its events to the store as it goes.
+    return EventStreamResponse(sse_of_batches(follow_stored(gateway.store, response_id, after, gateway.waiter())))
 
 
 @router.delete("/v1/responses/{response_id}")
 async def delete_response(request: Request, response_id: str) -> Response:
-    """Delete a stored response (a running background job is cancelled first)."""
-    await _row(request, response_id)
-    await gateway_of(request).jobs.cancel(response_id)
+    """Delete a stored response (a running background job is cancelled first, wherever it runs)."""
+    row = await _row(request, response_id)
+    gateway = gateway_of(request)
+    if not await gateway.jobs.cancel(response_id) and row["background"] and row["status"] in ACTIVE:
+        await gateway.cancel_elsewhere(row)
     if not await store_of(request).delete_response(response_id, owner_of(request)):
         raise _not_found(response_id)
     return json_response({"id": response_id, "object": "response", "deleted": True})
@@ -236,16 +237,17 @@ async def delete_response(request: Request, response_id: str) -> Response:
 
 @router.post("/v1/responses/{response_id}/cancel")
 async def cancel_response(request: Request, response_id: str) -> Response:
-    """Cancel a background response (OpenAI: only background responses can be cancelled).
-    A response already finished is returned as it is."""
+    """Cancel a background response (OpenAI: only background responses can be cancelled), on
+    whichever replica runs it; answers its final state. A response already finished is returned
+    as it is."""
     row = await _row(request, response_id)
     if not row["background"]:
         raise APIError(400, "Only background responses can be cancelled.", param="response_id",
                        code="not_background")
-    if row["status"] in ("queued", "in_progress"):
-        if not await gateway_of(request).jobs.cancel(response_id):
-            response = {**_response_of(row), "status": "cancelled", "completed_at": None}
-            await store_of(request).update_response(response_id, response, only_if_active=True)
+    if row["status"] in ACTIVE:
+        gateway = gateway_of(request)
+        if not await gateway.jobs.cancel(response_id):
+            await gateway.cancel_elsewhere({**row, "response": _response_of(row)})
         row = await _row(request, response_id)
     return json_response(_response_of(row))
 

@@ -1,7 +1,8 @@
 """The gateway's process state, in one place: built at start-up, passed to every layer.
 
 :func:`open_gateway` opens the response store (failing responses a previous
-process left unfinished), the endpoint registry with its first discovery, the
+process left unfinished; on a shared store, joining the other replicas:
+``engine.cluster``), the endpoint registry with its first discovery, the
 LLM cache and the background jobs; :meth:`Gateway.close` closes them in reverse.
 Nothing here is a module global: the HTTP layer keeps the :class:`Gateway` on
 its app.
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterator
@@ -20,14 +20,16 @@ from typing import Any, Awaitable, Callable, Iterator
 from backends import Registry
 from cache import LLMCache, open_llm_cache
 from config import Settings, key_tag
-from db import ResponseStore
+from engine.cluster import Cluster
+from engine.eventlog import closing_events
 from engine.files import FileFetcher
 from engine.jobs import JobManager
 from engine.turn import ChainBounds
 from engine.upstream import BackendCalls
 from logs import configure_logging
 from metrics import watch_gateway
-from reasoning_seal import ReasoningSeal, load_or_create_key
+from reasoning_seal import ReasoningSeal, load_or_create_key, make_key
+from store import STORE_ERRORS, Store, open_store, sqlite_path
 
 __all__ = ["Gateway", "open_gateway"]
 
@@ -41,7 +43,7 @@ class Gateway:
     reasoning carried by clients, and jobs."""
 
     settings: Settings
-    store: ResponseStore
+    store: Store
     registry: Registry
     cache: LLMCache | None
     calls: BackendCalls
@@ -55,6 +57,8 @@ class Gateway:
     runs: set = field(init=False, default_factory=set)
     #: Open WebSocket sessions (``api.websocket.SocketSession``): drained before the server closes them.
     sockets: set = field(init=False, default_factory=set)
+    #: This replica among the others (a shared store), else None.
+    cluster: Cluster | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.jobs = JobManager(self)
@@ -124,6 +128,21 @@ class Gateway:
 
         self.retrying[response_id] = asyncio.get_running_loop().create_task(retry(), name=f"store {response_id}")
 
+    def waiter(self):
+        """What wakes followers of stored events (``engine.eventlog.follow_stored``): the
+        cluster's notifications on a shared store, else nothing (they poll)."""
+        return self.cluster.waiter if self.cluster is not None else None
+
+    async def cancel_elsewhere(self, row: dict) -> None:
+        """Cancel ``row``'s response, which no job of this process runs: the replica that runs it
+        stops it (a shared store), else (it has none, or that replica is gone or does not answer
+        within twice the lease) it is stored ``cancelled`` here."""
+        if self.cluster is not None and await self.cluster.cancel(row, 2 * self.settings.replica_lease + 5):
+            return
+        response = dict(row["response"] or {"id": row["id"], "object": "response", "output": []})
+        response.update(status="cancelled", completed_at=None)
+        await self.store.update_response(row["id"], response, only_if_active=True)
+
     @property
     def chain_bounds(self) -> ChainBounds:
         """What one request may load of its chain (``max_chain_bytes``, ``max_chain_items``)."""
@@ -134,6 +153,8 @@ class Gateway:
         still being retried are given up (the next start marks their rows failed)."""
         try:
             await self.jobs.shutdown()
+            if self.cluster is not None:
+                await self.cluster.close()
             for response_id, task in list(self.retrying.items()):
                 task.cancel()
                 log.error("response %s: its final state was never stored; the next start marks it failed",
@@ -154,7 +175,7 @@ def _file_settings(settings: Settings) -> tuple[list[str], int, float]:
 
 
 #: Settings a running gateway keeps until it restarts (from ``header_timeout`` on: the HTTP server's).
-RESTART_ONLY = ("db_path", "cache_enabled", "cache_backend", "cache_db_path", "cache_ttl", "cache_max_entries",
+RESTART_ONLY = ("db_path", "store_url", "redis_url", "cache_redis_url", "replica_lease", "cache_enabled", "cache_backend", "cache_db_path", "cache_ttl", "cache_max_entries",
                 "reasoning_encryption_key", "header_timeout", "max_connections", "keep_alive_timeout",
                 "websocket_ping_interval", "websocket_ping_timeout")
 
@@ -165,42 +186,40 @@ class StartupError(RuntimeError):
 
 @contextmanager
 def _naming(what: str) -> Iterator[None]:
-    """Turn an OS or SQLite failure inside into a :class:`StartupError` naming ``what``."""
+    """Turn an OS or store failure inside into a :class:`StartupError` naming ``what``."""
     try:
         yield
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, *STORE_ERRORS) as exc:
         raise StartupError(f"cannot open {what}: {exc}") from None
 
 
-async def open_gateway(settings: Settings, db_path: str, calls: BackendCalls) -> Gateway:
-    """Open everything a gateway needs for ``settings``, its store at ``db_path``.
+async def open_gateway(settings: Settings, calls: BackendCalls) -> Gateway:
+    """Open everything a gateway needs for ``settings``, its store at ``settings.store_location``.
 
-    Raises :class:`StoreInUse` (another process has the store), :class:`StartupError` naming
-    the store, cache or key file that cannot be opened (what was opened is closed again); the
-    registry's first discovery never raises (unreachable endpoints are recorded).
+    Raises :class:`StoreInUse` (another process has the SQLite store), :class:`StartupError`
+    naming the store, cache or key file that cannot be opened (what was opened is closed
+    again); the registry's first discovery never raises (unreachable endpoints are recorded).
     """
-    with _naming(f"the reasoning key beside the store {db_path}"):
-        seal = ReasoningSeal(load_or_create_key(settings.reasoning_encryption_key, db_path))
-    with _naming(f"the store {db_path} (db_path)"):
-        store = await ResponseStore(db_path).open()
+    url = settings.store_location
+    path = sqlite_path(url)
+    with _naming(f"the store {path} (db_path)" if path is not None else "the PostgreSQL store (store_url)"):
+        store = await open_store(url)
     registry: Registry | None = None
     try:
+        with _naming(f"the reasoning key beside the store {path}" if path is not None else "the reasoning key"):
+            seal = ReasoningSeal(await _reasoning_key(settings, store, path))
         moved = await store.reassign_owners({key_tag(key): tag for key, tag in settings.key_owners.items()
                                              if tag.startswith("tenant:")})
         if moved:
             log.info("%d stored response(s) of keys now in tenants belong to those tenants", moved)
-        orphans = await store.fail_orphaned_responses()
-        if orphans:
-            log.warning("marked %d response(s) left unfinished by a previous process as failed", orphans)
-        freed = await store.free_stale_conversations()
-        if freed:
-            log.warning("freed %d conversation(s) held by turns of a previous process", freed)
+        if not store.shared:
+            await _end_previous_process(store)
         registry = Registry(settings)
         await registry.start()
         with _naming(f"the response cache {settings.cache_db_path} (cache_db_path)"
                      if settings.cache_backend == "sqlite" else "the response cache"):
             cache = await open_llm_cache(settings)
-        _log_summary(settings, db_path, registry, cache)
+        _log_summary(settings, store, registry, cache)
     except BaseException:
         if registry is not None:
             await registry.close()
@@ -209,6 +228,10 @@ async def open_gateway(settings: Settings, db_path: str, calls: BackendCalls) ->
     gateway = Gateway(settings=settings, store=store, registry=registry, cache=cache, calls=calls, seal=seal)
     watch_gateway(gateway.gauges)
     try:
+        if store.shared:
+            gateway.cluster = Cluster(gateway)
+            with _naming("the PostgreSQL store (store_url)"):
+                await gateway.cluster.start()  # takes over dead replicas, runs their queued jobs
         resumed = await gateway.jobs.resume_queued()
     except BaseException:
         await gateway.close()
@@ -218,7 +241,26 @@ async def open_gateway(settings: Settings, db_path: str, calls: BackendCalls) ->
     return gateway
 
 
-def _log_summary(settings: Settings, db_path: str, registry: Registry, cache: LLMCache | None) -> None:
+async def _reasoning_key(settings: Settings, store: Store, path: str | None) -> bytes:
+    """The reasoning key: from the setting, else the file beside a SQLite store, else the one
+    every replica of a shared store reads from it."""
+    if settings.reasoning_encryption_key or path is not None:
+        return load_or_create_key(settings.reasoning_encryption_key, path or "")
+    return await store.shared_secret("reasoning_key", make_key)
+
+
+async def _end_previous_process(store: Store) -> None:
+    """What a stopped process left of its turns (one process per SQLite store): running ones
+    failed, their conversations freed (its queued background jobs are resumed)."""
+    orphans = await store.fail_orphaned_responses(closing_events)
+    if orphans:
+        log.warning("marked %d response(s) left unfinished by a previous process as failed", orphans)
+    freed = await store.free_stale_conversations()
+    if freed:
+        log.warning("freed %d conversation(s) held by turns of a previous process", freed)
+
+
+def _log_summary(settings: Settings, store: Store, registry: Registry, cache: LLMCache | None) -> None:
     """What was loaded, one line each: the config file, every endpoint (reachable or why not,
     and its models), the store, the cache, authentication and the main limits."""
     log.info("config: %s", os.environ.get("NOMYO_ROUTER_CONFIG_PATH") or "config.yaml (or defaults)")
@@ -229,7 +271,9 @@ def _log_summary(settings: Settings, db_path: str, registry: Registry, cache: LL
             log.warning("endpoint %s (%s): NOT reachable: %s", ep.url, ep.kind, ep.last_error)
     if not registry.endpoints:
         log.warning("no endpoints are configured: every model request will be a 404")
-    log.info("store: %s", db_path)
+    log.info("store: %s%s", store.describe(), f" (shared; this replica: {store.replica})" if store.shared else "")
+    if store.shared and not settings.redis_url:
+        log.warning("redis_url is not set: each replica counts its own max_concurrent_connections slots")
     log.info("cache: %s", f"{settings.cache_backend} ({settings.cache_db_path})" if cache is not None and
              settings.cache_backend == "sqlite" else settings.cache_backend if cache is not None else "off")
     tenants = len(settings.tenants)

@@ -3,16 +3,18 @@
 A job's row is stored ``queued`` before its id is returned, moves to
 ``in_progress`` when the turn has a backend slot, and ends as its :class:`TurnRun` settles
 (``completed``, ``incomplete``, ``failed`` or ``cancelled``). A streamed job
-publishes its events to followers (the creating request and ``GET
-...?stream=true``) and stores them when done.
+publishes its events to followers in this process (the creating request and ``GET
+...?stream=true``) and writes them to the store as it goes (``engine.eventlog``), for
+followers anywhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
+from engine.eventlog import EventLog
 from engine.runner import TurnRun, save
 from engine.turn import Turn, prepare_turn
 from errors import APIError
@@ -30,7 +32,7 @@ class Job:
     """One running background response (``queued``: its Response object as first stored)
     and the events it has published."""
 
-    def __init__(self, run: TurnRun, queued: dict):
+    def __init__(self, run: TurnRun, queued: dict, store: Any = None):
         self.run = run
         self.turn = run.turn
         self.queued = queued
@@ -38,9 +40,17 @@ class Job:
         self.done = False
         self.task: asyncio.Task | None = None
         self._changed = asyncio.Event()
+        #: Where a streamed job's events are stored, as they come, before its followers get them.
+        self.log = EventLog(store, run.turn.id, self._deliver) if store is not None else None
 
     def publish(self, events: list[Event]) -> None:
-        """Append events and wake every follower."""
+        """Send events to every follower (once stored, when the job has a log)."""
+        if self.log is not None:
+            self.log.add(events)
+        else:
+            self._deliver(events)
+
+    def _deliver(self, events: list[Event]) -> None:
         self.events.extend(events)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
@@ -48,7 +58,7 @@ class Job:
     def finish(self) -> None:
         """Mark the job done and wake every follower."""
         self.done = True
-        self.publish([])
+        self._deliver([])
 
     async def follow(self, after: int = -1) -> AsyncIterator[list[Event]]:
         """Yield batches of events with ``sequence_number > after`` until the job is done."""
@@ -83,12 +93,15 @@ class JobManager:
         await save(self.gateway, turn, queued)
         return self._start(turn, queued)
 
-    async def resume_queued(self) -> int:
+    async def resume_queued(self, rows: list[dict] | None = None) -> int:
         """Run the background responses a stopped gateway left ``queued`` (they never reached
-        a backend). One that cannot be prepared again (its chain was deleted, say) is stored
-        failed with the reason. Returns how many were resumed. Run at start-up."""
+        a backend), or the store rows ``rows`` (adopted from a replica that died). One that
+        cannot be prepared again (its chain was deleted, say) is stored failed with the reason.
+        Returns how many were resumed. Run at start-up, and by ``engine.cluster``."""
         gateway, resumed = self.gateway, 0
-        for row in await gateway.store.queued_background():
+        for row in await gateway.store.queued_background() if rows is None else rows:
+            if row["id"] in self.jobs:
+                continue
             try:
                 turn = await prepare_turn(gateway.store, row["request"], row["owner"], gateway.settings.model_aliases,
                                           gateway.seal, gateway.chain_bounds, files=gateway.files,
@@ -108,7 +121,7 @@ class JobManager:
         seq = Sequencer()
         run = TurnRun(self.gateway, turn, seq=seq, resumed=True)
         run.row_written = True
-        job = Job(run, queued)
+        job = Job(run, queued, self.gateway.store if turn.stream else None)
         if turn.stream:
             job.publish(seq.all([response_event("response.created", queued),
                                  response_event("response.queued", queued)]))
@@ -138,8 +151,8 @@ class JobManager:
                 job.publish(closing)
         finally:
             try:
-                if turn.stream:
-                    await store.append_events(turn.id, job.events)
+                if job.log is not None:
+                    await job.log.close()
             finally:
                 job.finish()
                 self.jobs.pop(turn.id, None)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import uuid
 from contextlib import asynccontextmanager
 
 import httpx
@@ -13,13 +16,31 @@ import router
 
 @pytest.fixture
 def config_path(tmp_path, monkeypatch):
-    """A config with no endpoints and a store in ``tmp_path``; returns the YAML path."""
+    """A config with no endpoints and a store in ``tmp_path`` (with ``NOMYO_TEST_STORE=postgresql``:
+    a fresh PostgreSQL schema instead, so a module's tests run on that store); returns the YAML path."""
     path = tmp_path / "config.yaml"
     path.write_text(f"endpoints: []\ndb_path: {tmp_path / 'store.db'}\n")
     monkeypatch.setenv("NOMYO_ROUTER_CONFIG_PATH", str(path))
     monkeypatch.delenv("NOMYO_ROUTER_DB_PATH", raising=False)
     monkeypatch.delenv("NOMYO_ROUTER_API_KEY", raising=False)
-    return path
+    if os.environ.get("NOMYO_TEST_STORE") == "postgresql":
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        asyncio.run(_run_sql(f"CREATE SCHEMA {schema}"))
+        path.write_text(f"endpoints: []\ndb_path: {tmp_path / 'store.db'}\n"
+                        f"store_url: '{POSTGRES}?search_path={schema}'\n")
+        yield path
+        asyncio.run(_run_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        return
+    yield path
+
+
+async def _run_sql(sql: str) -> None:
+    import asyncpg
+    conn = await asyncpg.connect(POSTGRES, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 @asynccontextmanager
@@ -50,3 +71,56 @@ def gateway_factory(config_path):
         config_path.write_text(yaml.safe_dump(data))
         return running_app(headers)
     return make
+
+
+#: The PostgreSQL server the tests use (trust auth); each test gets a schema of its own there.
+POSTGRES = os.environ.get("NOMYO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+#: The Redis the tests use; each test keeps to keys of its own prefix.
+REDIS = os.environ.get("NOMYO_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def _unreachable(what: str, exc: BaseException) -> None:
+    """Fail (when the tiers must run: ``NOMYO_E2E_REQUIRED``) or skip a test whose server is down."""
+    message = f"{what} is not reachable ({type(exc).__name__}: {exc}); start it (see the README's test section)"
+    if os.environ.get("NOMYO_E2E_REQUIRED") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@asynccontextmanager
+async def postgres_schema():
+    """A ``postgresql://`` URL whose ``search_path`` is a fresh schema, dropped afterwards."""
+    import asyncpg
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = await asyncpg.connect(POSTGRES, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        _unreachable(f"PostgreSQL at {POSTGRES}", exc)
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        yield f"{POSTGRES}?search_path={schema}"
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.close()
+
+
+@pytest.fixture
+async def postgres_url():
+    """A fresh schema's URL for the test (see :func:`postgres_schema`)."""
+    async with postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_store(request, tmp_path):
+    """An open store of each kind in turn (the same tests prove both), closed after the test."""
+    from store import open_store
+    if request.param == "sqlite":
+        store = await open_store(f"sqlite:///{tmp_path / 's.db'}")
+        yield store
+        await store.close()
+        return
+    async with postgres_schema() as url:
+        store = await open_store(url)
+        yield store
+        await store.close()

@@ -1,4 +1,5 @@
-"""db.py: the response store on a real SQLite file."""
+"""The response store: the same tests on a real SQLite file and a real PostgreSQL server
+(``any_store``), and what only the SQLite store has."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ from db import SCHEMA_VERSION, ResponseStore
 
 
 @pytest.fixture
-async def store(tmp_path):
+async def store(any_store):
+    return any_store
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path):
     s = await ResponseStore(str(tmp_path / "s.db")).open()
     yield s
     await s.close()
@@ -28,7 +34,8 @@ async def _turn(store, rid, prev, text, owner=None, status="completed"):
                                input_messages=[_msg(text)], response=response, owner=owner)
 
 
-async def test_schema_is_versioned_and_wal(store, tmp_path):
+async def test_schema_is_versioned_and_wal(sqlite_store, tmp_path):
+    store = sqlite_store
     conn = sqlite3.connect(tmp_path / "s.db")
     assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(SCHEMA_VERSION),)
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -103,6 +110,8 @@ async def test_item_index_follows_updates_and_deletes(store, tmp_path):
     assert not (await store.get_chain("r1", max_items=1)).complete
     await store.delete_response("r1")
     assert await store.find_items(["msg_q", "msg_late"]) == {}
+    if store.shared:
+        return
     conn = sqlite3.connect(tmp_path / "s.db")
     assert conn.execute("SELECT count(*) FROM item_index").fetchone() == (0,)
     plan = " ".join(str(row) for row in conn.execute(
@@ -155,7 +164,8 @@ async def test_find_items_in_inputs_and_outputs(store):
     assert set(found) == {"msg_a", "msg_a-answer"}
 
 
-async def test_orphans_are_failed(store):
+async def test_orphans_are_failed(sqlite_store):
+    store = sqlite_store
     await _turn(store, "r1", None, "a", status="in_progress")
     await _turn(store, "r2", None, "b", status="queued")
     await _turn(store, "r3", None, "c", status="completed")
@@ -166,6 +176,23 @@ async def test_orphans_are_failed(store):
         assert row["response"]["error"]["code"] == "server_error"
     assert (await store.get_response("r3"))["status"] == "completed"
     assert await store.fail_orphaned_responses() == 0
+
+
+async def test_an_orphaned_stream_gets_its_closing_events(sqlite_store):
+    """A background stream whose process died ends in the log as its followers would have seen it."""
+    store = sqlite_store
+    await _turn(store, "r1", None, "a", status="in_progress")
+    await store.append_events("r1", [{"type": "response.created", "sequence_number": 0},
+                                     {"type": "response.output_text.delta", "sequence_number": 1}])
+    await _turn(store, "r2", None, "b", status="in_progress")             # no events: nothing appended
+
+    def closing(failed, last):
+        return [{"type": "response.failed", "sequence_number": last + 1, "response": failed}]
+    assert await store.fail_orphaned_responses(closing) == 2
+    events = await store.get_events("r1")
+    assert [e["sequence_number"] for e in events] == [0, 1, 2]
+    assert events[-1]["response"]["status"] == "failed"
+    assert await store.get_events("r2") == []
 
 
 async def test_update_only_if_active(store):
@@ -198,7 +225,8 @@ async def test_one_process_per_sqlite_store(tmp_path):
             "asyncio.run(main())")
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run([sys.executable, "-c", code, path], cwd=root, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 3 and "another gateway process already uses the store" in done.stdout
+    assert done.returncode == 3 and "another gateway process already uses the SQLite store" in done.stdout
+    assert "postgresql://" in done.stdout                     # it says how to run more than one
     await first.close()
     again = subprocess.run([sys.executable, "-c", code, path], cwd=root, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stdout + again.stderr

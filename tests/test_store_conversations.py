@@ -1,4 +1,5 @@
-"""db_conversations: conversations and their items in the store, on a real SQLite file."""
+"""Conversations and their items in the store: the same tests on SQLite and PostgreSQL
+(``any_store``), and the SQLite store's restart rule."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from db import MIGRATIONS, ResponseStore
 from db_conversations import BUSY, CLAIMED, MISSING
+from store import STORE_ERRORS
 
 
 def _msg(text: str, role: str = "user") -> dict:
@@ -17,10 +19,8 @@ def _msg(text: str, role: str = "user") -> dict:
 
 
 @pytest.fixture
-async def store(tmp_path):
-    s = await ResponseStore(str(tmp_path / "s.db")).open()
-    yield s
-    await s.close()
+async def store(any_store):
+    return any_store
 
 
 async def test_one_turn_holds_a_conversation_until_it_ends(store):
@@ -89,8 +89,8 @@ async def test_deleting_a_conversation_deletes_its_items(store):
     assert await store.delete_conversation_item("conv_1", None, "msg_a")
     assert not await store.delete_conversation_item("conv_1", None, "msg_a")
     assert await store.delete_conversation("conv_1", None)
-    left = await store.reader.execute_fetchall("SELECT count(*) FROM conversation_items")
-    assert left[0][0] == 0 and await store.get_conversation("conv_1", None) is None
+    assert await store.get_conversation("conv_1", None) is None
+    assert await store.find_items(["msg_b"], None) == {}           # its items went with it
 
 
 async def test_reassigned_owners_take_their_conversations(store):
@@ -102,7 +102,7 @@ async def test_reassigned_owners_take_their_conversations(store):
 
 async def test_a_failed_transaction_leaves_nothing(store):
     await store.create_conversation("conv_1", None, {}, [])
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(STORE_ERRORS):
         await store.create_conversation("conv_1", None, {}, [_msg("dup")])   # the id is taken
     assert await store.list_conversation_items("conv_1", None, limit=10, order="asc") is not None
     page = await store.list_conversation_items("conv_1", None, limit=10, order="asc")
