@@ -126,6 +126,11 @@ class Registry:
         self.queued: dict[str, int] = {}
         self._clients: dict[str, openai.AsyncOpenAI] = {}
         self._slot_freed = asyncio.Condition()
+        #: Counts the wake-ups of shared-slot waiters; ``_full_seen[pairs]`` is the count at which a
+        #: waiter for those candidates last found them all full, so the others woken by the same
+        #: release do not all ask Redis again (one asks per release, or per poll, and set of pairs).
+        self._wakes = 0
+        self._full_seen: dict[tuple, tuple[int, float]] = {}
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(settings.connect_timeout * 2,
                                                              connect=settings.connect_timeout))
         self._refresher: asyncio.Task | None = None
@@ -389,18 +394,27 @@ class Registry:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise self._all_busy(model)
+            woken = True
             async with self._slot_freed:  # every wake is a notify_all: none to pass on when cancelled
                 try:
                     async with asyncio.timeout(min(remaining, SHARED_POLL_SECONDS)):
                         await self._slot_freed.wait()
                 except TimeoutError:
-                    pass
+                    woken = False
+            pairs = tuple((ep.url, name) for ep, name in cands)
+            seen, asked_at = self._full_seen.get(pairs, (-1, 0.0))
+            if seen == self._wakes and (woken or loop.time() - asked_at < SHARED_POLL_SECONDS):
+                continue  # another waiter for these found them all full since the last release
+            wakes, asked_at = self._wakes, loop.time()
             key = await self._take_shared(cands)
             if key is not None:
                 return key
+            if wakes >= self._full_seen.get(pairs, (-1, 0.0))[0]:
+                self._full_seen[pairs] = (wakes, asked_at)
 
     async def _wake(self) -> None:
         """Wake every waiter of this replica (a slot freed here, on another replica, or by a reload)."""
+        self._wakes += 1
         async with self._slot_freed:
             self._slot_freed.notify_all()
 

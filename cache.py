@@ -156,7 +156,7 @@ class RedisCache:
     """
 
     def __init__(self, url: str, ttl: float, max_entries: int, prefix: str = "nomyo-router:cache:",
-                 timeout: float = 2.0):
+                 timeout: float = 5.0):
         self.url, self.ttl, self.max_entries, self.prefix = url, ttl, max_entries, prefix
         self._redis = redis_client(url, timeout)
         self._set = self._redis.register_script(_REDIS_SET)

@@ -123,7 +123,7 @@ class SharedSlots:
     """
 
     def __init__(self, url: str, lease: float, *, prefix: str = "nomyo-router:slots:",
-                 wake: Callable[[], Awaitable[None]] | None = None, timeout: float = 2.0,
+                 wake: Callable[[], Awaitable[None]] | None = None, timeout: float = 5.0,
                  replica: str | None = None):
         self.url, self.lease, self.prefix, self.timeout = url, lease, prefix, timeout
         self.replica = replica or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"

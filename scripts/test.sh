@@ -2,8 +2,9 @@
 # Run the whole test suite from a fresh machine (Python 3.11, pip and gcc):
 # make ./.venv, install the project with its test extras, build llama-server once
 # (cached outside the repository), generate the tiny scripted model, install Codex CLI and
-# the client SDKs the end-to-end tier drives (cached likewise), run pytest.
-# Arguments are passed to pytest.
+# the client SDKs the end-to-end tier drives (cached likewise), make sure PostgreSQL and Redis
+# answer (scripts/services.sh), run pytest; then, unless test paths were given, run the modules
+# of the HTTP API once more on a PostgreSQL store. Arguments are passed to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,4 +29,14 @@ export NOMYO_LLAMA_SERVER NOMYO_TINY_MODEL NOMYO_CODEX NOMYO_NODE_CLIENTS NOMYO_
 # The end-to-end tier must run, not skip, when started from here.
 export NOMYO_E2E_REQUIRED=1
 
-exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
+bash scripts/services.sh
+
+.venv/bin/python -m pytest -p no:cacheprovider "$@"
+
+for arg in "$@"; do
+    [[ "$arg" == -* ]] || exit 0      # a chosen part of the suite: no second pass
+done
+# The same API tests with the store on PostgreSQL (a schema per test; the store's own tests run
+# on both stores in the pass above).
+NOMYO_TEST_STORE=postgresql exec .venv/bin/python -m pytest -p no:cacheprovider "$@" \
+    tests/test_api.py tests/test_conversations.py tests/test_engine.py tests/test_include.py tests/test_compaction.py
