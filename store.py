@@ -20,9 +20,10 @@ __all__ = ["Store", "StoreInUse", "open_store", "STORE_ERRORS", "sqlite_path"]
 
 Store = ResponseStore | PostgresStore
 
-#: What a store raises when it cannot do what was asked now (a 503 for the client).
+#: What a store raises when it cannot do what was asked now (a 503 for the client): a
+#: PostgreSQL server that cannot be reached is a ``ConnectionError`` (refused, reset) from asyncpg.
 STORE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, asyncpg.PostgresError,
-                                                 asyncpg.InterfaceError)
+                                                 asyncpg.InterfaceError, ConnectionError)
 
 
 def sqlite_path(url: str) -> str | None:

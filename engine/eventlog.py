@@ -70,6 +70,11 @@ class EventLog:
             self._pending.extend(events)
             self._ready.set()
 
+    def detach(self) -> None:
+        """Store nothing more (the response is another replica's now): what is queued and what
+        comes is delivered unstored."""
+        self.store = None
+
     async def _write_forever(self) -> None:
         failures = 0
         while True:
@@ -81,7 +86,8 @@ class EventLog:
                     return
                 continue
             try:
-                await self.store.append_events(self.response_id, batch)
+                if self.store is not None:
+                    await self.store.append_events(self.response_id, batch)
             except Exception as exc:
                 failures += 1
                 log.warning("events of response %s could not be stored (try %d): %s: %s", self.response_id,

@@ -173,6 +173,17 @@ class JobManager:
         if job is not None and job.task is not None:
             await asyncio.wait([job.task])
 
+    def abandon(self) -> int:
+        """End every job without storing anything (this replica lost its lease: another one failed
+        or adopted them); their streams' followers here get ``error`` + ``response.failed``, which
+        go to no log. Returns how many."""
+        jobs = [job for job in self.jobs.values() if job.task is not None]
+        for job in jobs:
+            if job.log is not None:
+                job.log.detach()
+            job.run.stop(job.task, abandon=True)
+        return len(jobs)
+
     async def shutdown(self) -> None:
         """Stop every job: a running one is stored failed, one still waiting for a backend
         slot is stored ``queued`` again (:meth:`resume_queued` runs it at the next start)."""

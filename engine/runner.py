@@ -47,9 +47,10 @@ _ANSWER_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "temperature", 
                   "reasoning", "truncation")
 _ID_PREFIXES = {"message": "msg", "function_call": "fc", "reasoning": "rs"}
 _CANCELLED = (asyncio.CancelledError, GeneratorExit)
-#: Why :meth:`TurnRun.stop` ended a run: the gateway stops (stored failed), or a background
-#: turn that never had a slot goes back to ``queued``.
-_STOPS = ("shutdown", "requeue")
+#: Why :meth:`TurnRun.stop` ended a run: the gateway stops (stored failed), a background
+#: turn that never had a slot goes back to ``queued``, or this replica lost its lease and
+#: another one has taken the turn over (nothing is stored: the store is the other's now).
+_STOPS = ("shutdown", "requeue", "abandon")
 
 
 async def save(gateway: Gateway, turn: Turn, response: dict) -> None:
@@ -193,14 +194,18 @@ class TurnRun:
         self._task = asyncio.current_task()
         self.gateway.runs.add(self)
 
-    def stop(self, task: asyncio.Task | None = None) -> None:
+    def stop(self, task: asyncio.Task | None = None, *, abandon: bool = False) -> None:
         """End the run now, from outside (the gateway is stopping), by cancelling ``task`` (default:
         the one running it): a stream ends with ``error`` + ``response.failed``, a whole answer
         with a 503; stored as failed. A background turn still waiting for a slot is stored
-        ``queued`` again instead, for the next start to run."""
+        ``queued`` again instead, for the next start to run. With ``abandon`` (another replica
+        took the turn over) it ends so, and nothing is stored."""
         task = task or self._task
         if self._settling is None and task is not None:
-            self.stopping = "requeue" if self.turn.background and not self.slot_taken else "shutdown"
+            if abandon:
+                self.stopping = "abandon"
+            else:
+                self.stopping = "requeue" if self.turn.background and not self.slot_taken else "shutdown"
             task.cancel()
 
     def steerable(self) -> bool:
@@ -347,6 +352,9 @@ class TurnRun:
             return turn.response("queued", completed_at=None), []
         if self.stopping == "shutdown" and (error is None or isinstance(error, _CANCELLED)):
             error = APIError(503, "The gateway shut down before this response finished.", type="server_error")
+        elif self.stopping == "abandon":
+            error = APIError(503, "This gateway replica lost its lease; another replica took this response over.",
+                             type="server_error")
         elif error is None or isinstance(error, _CANCELLED):
             if translator is not None:
                 final = translator.snapshot("cancelled", completed_at=None)
@@ -423,6 +431,8 @@ class TurnRun:
 
     async def _record(self, final: dict, *, answered: bool) -> None:
         turn = self.turn
+        if self.stopping == "abandon":
+            return
         if self.row_written:  # an update, so a response deleted meanwhile stays deleted
             write = self.gateway.store.update_response(turn.id, final, only_if_active=True)
         else:
