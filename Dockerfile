@@ -8,7 +8,7 @@ RUN useradd --create-home --uid 10001 nomyo
 COPY pyproject.toml ./
 RUN pip install --no-cache-dir . && rm -rf build ./*.egg-info
 
-COPY serve.py logs.py router.py preflight.py chat_client.py reasoning_seal.py config.py errors.py metrics.py backends.py db.py db_conversations.py cache.py config.yaml ./
+COPY serve.py logs.py router.py preflight.py chat_client.py reasoning_seal.py config.py errors.py metrics.py backends.py slots.py store.py db.py db_conversations.py db_postgres.py db_postgres_conversations.py cache.py config.yaml ./
 COPY api ./api
 COPY engine ./engine
 COPY requests ./requests

@@ -186,7 +186,7 @@ class Settings(BaseSettings):
     #: the request with a 400. One word for every type, or a mapping per type with ``default``.
     hosted_tools: HostedToolPolicy | dict[str, HostedToolPolicy] = "drop"
     #: The secret reasoning ``encrypted_content`` is sealed with (any string). Unset: a key is
-    #: made once and kept beside the store. Replicas sharing a store must share it.
+    #: made once and kept beside the SQLite store, or in the PostgreSQL store (every replica reads it).
     reasoning_encryption_key: str | None = None
 
     @field_validator("endpoints", "llama_server_endpoints", "native_responses_endpoints")

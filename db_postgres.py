@@ -189,18 +189,20 @@ class PostgresStore(PostgresConversations):
     #: Several processes may share it.
     shared = True
 
-    def __init__(self, url: str, replica: str | None = None, *, pool_size: int = 10):
+    def __init__(self, url: str, replica: str | None = None, *, pool_size: int = 10, connect_timeout: float = 10):
         self.url = url
         self.replica = replica or new_replica_id()
         self.pool: asyncpg.Pool | None = None
         self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
 
     async def open(self) -> "PostgresStore":
-        """Connect, create or migrate the schema (one replica at a time), register this replica.
-        Raises RuntimeError for a schema newer than this gateway's, asyncpg/OS errors when the
-        server cannot be reached."""
+        """Connect (each connection within ``connect_timeout`` seconds), create or migrate the
+        schema (one replica at a time), register this replica. Raises RuntimeError for a schema
+        newer than this gateway's, asyncpg/OS errors (TimeoutError included) when the server
+        cannot be reached."""
         self.pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size,
-                                              command_timeout=30)
+                                              command_timeout=30, timeout=self._connect_timeout)
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
@@ -417,7 +419,7 @@ class PostgresStore(PostgresConversations):
     async def listen(self, channels: dict[str, Callable[[str], None]]) -> asyncpg.Connection:
         """A connection of its own that calls ``channels[name](payload)`` for each notification;
         the caller closes it (and makes a new one when it is lost: ``is_closed()``)."""
-        conn = await asyncpg.connect(self.url)
+        conn = await asyncpg.connect(self.url, timeout=self._connect_timeout)
         for channel, callback in channels.items():
             await conn.add_listener(channel, lambda _c, _pid, _ch, payload, cb=callback: cb(payload))
         return conn

@@ -34,12 +34,27 @@ class Op:
 @dataclass
 class Side:
     """Where a round sends its requests: ``name`` ("gateway"/"direct"), the target, the
-    pid whose CPU is charged to the round (None: not measured), and the requests to cycle."""
+    pid whose CPU is charged to the round (None: not measured), and the requests to cycle.
+
+    ``others``: the other replicas of the same service, one side each. Requests then go
+    round-robin over ``(self, *others)`` (each worker keeps a connection to each), and the
+    CPU charged is the sum over their pids."""
 
     name: str
     target: Target
     pid: int | None
     ops: list[Op]
+    others: tuple["Side", ...] = ()
+
+    @property
+    def replicas(self) -> tuple["Side", ...]:
+        """This side and its ``others``, in round-robin order."""
+        return (self, *self.others)
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """Every measured pid (empty: CPU not measured)."""
+        return tuple(r.pid for r in self.replicas if r.pid)
 
 
 @dataclass
@@ -146,7 +161,7 @@ async def run_requests(side: Side, *, concurrency: int = 1, count: int | None = 
                        timings: bool = True) -> Tally:
     """Send ``side``'s requests from ``concurrency`` workers, one connection each.
 
-    Count mode (``count``): every reply is measured; CPU (of ``side.pid``) and
+    Count mode (``count``): every reply is measured; CPU (of ``side.pids``, summed) and
     wall time span the whole batch, from after the connections are open.
 
     Duration mode (``duration``): steady state. After ``ramp`` seconds the
@@ -163,9 +178,11 @@ async def run_requests(side: Side, *, concurrency: int = 1, count: int | None = 
     if (count is None) == (duration is None):
         raise ValueError("give count or duration")
     tally = Tally(timings)
-    conns = await asyncio.gather(*(_connect(side.target, tally) for _ in range(concurrency)))
-    ops = side.ops
-    pid = side.pid
+    replicas = side.replicas
+    n = len(replicas)
+    opened = await asyncio.gather(*(_connect(r.target, tally) for _ in range(concurrency) for r in replicas))
+    conns = [list(opened[i:i + n]) for i in range(0, len(opened), n)]
+    pids = side.pids
     issued = 0
     counted = 0
     loop = asyncio.get_running_loop()
@@ -175,9 +192,9 @@ async def run_requests(side: Side, *, concurrency: int = 1, count: int | None = 
         if name in window:
             return
         window[name] = time.perf_counter()
-        if pid:
-            window[name + "_cpu"] = cpu_seconds(pid)
-            window[name + "_sys"] = cpu_split(pid)[1]
+        if pids:
+            window[name + "_cpu"] = sum(cpu_seconds(p) for p in pids)
+            window[name + "_sys"] = sum(cpu_split(p)[1] for p in pids)
 
     def force_close() -> None:
         edge("open")
@@ -208,20 +225,24 @@ async def run_requests(side: Side, *, concurrency: int = 1, count: int | None = 
     def timed(reply: Reply) -> bool:
         return duration is None or ("open" in window and reply.t0 >= window["open"])
 
-    async def worker(conn: Connection | None) -> None:
+    async def worker(mine: list[Connection | None]) -> None:
         nonlocal issued
         while (count is None or issued < count) and "close" not in window:
-            op = ops[issued % len(ops)]
+            k = issued
             issued += 1
+            to = replicas[k % n]
+            op = to.ops[(k // n) % len(to.ops)]
+            conn = mine[k % n]
             if conn is None or conn.closed:
-                conn = await _connect(side.target, tally)
+                conn = mine[k % n] = await _connect(to.target, tally)
                 if conn is None:
                     tally.unmeasured += 1
                     continue
             reply = await conn.send(op.request, op.mode, timeout)
             tally.add(reply, op.check(reply), measured(reply), timed(reply))
-        if conn is not None:
-            conn.close()
+        for conn in mine:
+            if conn is not None:
+                conn.close()
 
     await asyncio.gather(*(worker(c) for c in conns))
     if duration is not None:
@@ -232,7 +253,7 @@ async def run_requests(side: Side, *, concurrency: int = 1, count: int | None = 
         edge("close")
         window["close"] = ended
     tally.wall = window["close"] - window.get("open", window["close"])
-    if pid and "open_cpu" in window:
+    if pids and "open_cpu" in window:
         tally.cpu = window["close_cpu"] - window["open_cpu"]
         tally.cpu_sys = window["close_sys"] - window["open_sys"]
     return tally

@@ -9,6 +9,7 @@ Memory comes from ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``), in MB (10^6 byt
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import signal
@@ -150,17 +151,49 @@ def start_backend(workdir: Path, tokens: int, pace_ms: float, port: int = 0, tim
     return child, int(line.split()[1])
 
 
-def write_gateway_config(workdir: Path, backend_port: int) -> tuple[Path, Path]:
-    """Write the gateway's YAML config for a backend on ``backend_port``; returns (config, store path)."""
-    db = workdir / "store.db"
-    config = workdir / "config.yaml"
+def write_gateway_config(workdir: Path, backend_port: int, settings: dict | None = None,
+                         name: str = "gateway") -> tuple[Path, Path]:
+    """Write the gateway's YAML config for a backend on ``backend_port``, plus ``settings``
+    (more config keys, e.g. ``store_url``); returns (config, SQLite store path). ``name``
+    names the files (``<name>.yaml``; the first gateway keeps ``config.yaml``/``store.db``)."""
+    first = name == "gateway"
+    db = workdir / ("store.db" if first else f"{name}.db")
+    config = workdir / ("config.yaml" if first else f"{name}.yaml")
+    extra = "".join(f"{key}: {json.dumps(value)}\n" for key, value in (settings or {}).items())
     config.write_text(
         f'endpoints: ["http://127.0.0.1:{backend_port}/v1"]\n'
         "max_concurrent_connections: 1000\n"
         "cache_enabled: true\n"
         "cache_backend: memory\n"
-        f"db_path: {db}\n")
+        f"db_path: {db}\n" + extra)
     return config, db
+
+
+def launch_gateway(workdir: Path, backend_port: int, port: int | None = None, settings: dict | None = None,
+                   name: str = "gateway") -> tuple[Child, int]:
+    """Start the gateway process as it is run (``serve.py``: uvicorn, 1 worker), without the
+    access log, against the backend, with a fresh config (``settings`` added, see
+    :func:`write_gateway_config`) and its log in ``<workdir>/<name>.log``. Does not wait:
+    :func:`wait_gateway` does. Returns the child and its port."""
+    config, db = write_gateway_config(workdir, backend_port, settings, name)
+    port = port or free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOMYO_ROUTER_")}
+    env.update(NOMYO_ROUTER_CONFIG_PATH=str(config), NOMYO_ROUTER_DB_PATH=str(db), PYTHONUNBUFFERED="1")
+    log_path = workdir / f"{name}.log"
+    proc = subprocess.Popen([sys.executable, "serve.py", "--host", "127.0.0.1", "--port", str(port),
+                             "--no-access-log"],
+                            cwd=REPO, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    return Child(name, proc, log_path), port
+
+
+async def wait_gateway(child: Child, port: int, timeout: float = 30.0) -> None:
+    """Wait until the gateway ``child`` on ``port`` answers ``/v1/models`` with the backend's
+    models; stops it and raises RuntimeError with its log tail when it does not in ``timeout`` s."""
+    try:
+        await _wait_ready(Target(f"http://127.0.0.1:{port}"), child, timeout)
+    except BaseException:
+        child.stop()
+        raise
 
 
 def start_gateway(workdir: Path, backend_port: int, port: int | None = None,
@@ -171,15 +204,7 @@ def start_gateway(workdir: Path, backend_port: int, port: int | None = None,
     Waits until ``/health/live`` answers and the backend's models are known.
     Returns the child and its port. Raises RuntimeError with the log tail on failure.
     """
-    config, db = write_gateway_config(workdir, backend_port)
-    port = port or free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NOMYO_ROUTER_")}
-    env.update(NOMYO_ROUTER_CONFIG_PATH=str(config), NOMYO_ROUTER_DB_PATH=str(db), PYTHONUNBUFFERED="1")
-    log_path = workdir / "gateway.log"
-    proc = subprocess.Popen([sys.executable, "serve.py", "--host", "127.0.0.1", "--port", str(port),
-                             "--no-access-log"],
-                            cwd=REPO, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
-    child = Child("gateway", proc, log_path)
+    child, port = launch_gateway(workdir, backend_port, port)
     wait_started(child, _wait_ready(Target(f"http://127.0.0.1:{port}"), child, timeout))
     return child, port
 

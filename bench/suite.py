@@ -53,6 +53,8 @@ class Sizes:
     nonstream_tokens: int = 16
     stream_chunks: tuple[int, int] = (8, 256)
     timeout: float = 60.0
+    replica_counts: tuple[int, ...] = (1, 2, 3)   # PostgreSQL replicas of the replica throughput phase
+    replica_concurrency: int = 32     # its concurrency (all replicas together)
 
 
 PRESETS = {
@@ -64,7 +66,7 @@ PRESETS = {
                    flat_warmup=200, flat_concurrency=32, loop_rounds=3),
     "tiny": Sizes(rounds=1, requests=3, long_stream_requests=2, warmup=2, tput_seconds=0.2, tput_ramp=0.05, tput_rounds=1,
                   concurrencies=(8, 32), streams=20, hold_chunks=5, pace_ms=20.0, flat_requests=100,
-                  flat_warmup=20, flat_concurrency=8, loop_rounds=1, loop_turns=4),
+                  flat_warmup=20, flat_concurrency=8, loop_rounds=1, loop_turns=4, replica_concurrency=8),
 }
 
 
@@ -255,13 +257,7 @@ class Runner:
                 if name == "direct" and direct is None:
                     entry[name] = None
                     continue
-                entry[name] = {"requests": t.requests, "unmeasured": t.unmeasured, "errors": t.errors,
-                               "error_kinds": dict(t.error_kinds), "seconds": t.wall,
-                               "requests_per_s": t.ok / t.wall if t.wall else None,
-                               "cpu_ms_per_request": _ms(t.cpu / t.requests) if t.cpu is not None and t.requests
-                               else None,
-                               "latency_ms": {"p50": _ms(percentile(t.latencies, 50)),
-                                              "p99": _ms(percentile(t.latencies, 99))}}
+                entry[name] = throughput_summary(t)
             out[f"c{c}"] = entry
         return out
 
@@ -297,6 +293,17 @@ class Runner:
         return memory_mb(self.ctx.gateway_pid) if self.ctx.gateway_pid else {}
 
 
+def throughput_summary(t: Tally) -> dict:
+    """One side of throughput rounds: ``requests`` (in the windows), ``unmeasured``, ``errors``,
+    ``error_kinds``, ``seconds`` (window time), ``requests_per_s``, ``cpu_ms_per_request`` (of the
+    side's pids, summed) and ``latency_ms`` ``p50``/``p99``."""
+    return {"requests": t.requests, "unmeasured": t.unmeasured, "errors": t.errors,
+            "error_kinds": dict(t.error_kinds), "seconds": t.wall,
+            "requests_per_s": t.ok / t.wall if t.wall else None,
+            "cpu_ms_per_request": _ms(t.cpu / t.requests) if t.cpu is not None and t.requests else None,
+            "latency_ms": {"p50": _ms(percentile(t.latencies, 50)), "p99": _ms(percentile(t.latencies, 99))}}
+
+
 def _upstream(counts: Counter, requests: int, known: bool, expect_calls: bool = True) -> dict | None:
     """What the backend saw during gateway rounds: chat ``requests``, new ``connections`` and
     ``unused_connections`` (closed without a request), per gateway request too. None without
@@ -315,6 +322,24 @@ def _output_text(obj: dict) -> str:
                    for p in item.get("content") or [] if p.get("type") == "output_text")
 
 
+async def workload_set(runner: Runner, sizes: Sizes, chain: bool = True) -> tuple[dict[str, Workload], Tally]:
+    """Every workload by key: the basic ones, and (``chain``) the chain workloads after a chain
+    of ``max(chain_depths)`` stored responses is built on the runner's gateway. Returns them and
+    the chain building's tally (empty without ``chain``). Raises RuntimeError when building fails."""
+    ctx = runner.ctx
+    workloads = {w.key: w for w in basic_workloads(ctx.model, sizes.nonstream_tokens, sizes.stream_chunks,
+                                                   sizes.long_stream_requests)}
+    if not chain:
+        return workloads, Tally(timings=False)
+    depth = max(sizes.chain_depths)
+    ctx.log(f"building a chain of {depth} stored responses on {ctx.gateway.url} ...")
+    stored, tally = await runner.build_chain(depth)
+    for d in sizes.chain_depths:
+        wl = chain_workload(ctx.model, d, stored, sizes.nonstream_tokens)
+        workloads[wl.key] = wl
+    return workloads, tally
+
+
 async def run_suite(ctx: Context, sizes: Sizes) -> dict:
     """Run every phase; returns ``{"sizes", "workloads", "tool_loop", "streams_open", "rss_flatness",
     "gateway_rss_mb", "chain_build", "phase_seconds"}`` (figures in ms, MiB, requests/s)."""
@@ -323,14 +348,8 @@ async def run_suite(ctx: Context, sizes: Sizes) -> dict:
     phase: dict[str, float] = {}
     rss: dict = {"at_start": runner.rss()}
     t = time.perf_counter()
-    workloads = {w.key: w for w in basic_workloads(ctx.model, sizes.nonstream_tokens, sizes.stream_chunks,
-                                                   sizes.long_stream_requests)}
     depth = max(sizes.chain_depths)
-    log(f"building a chain of {depth} stored responses ...")
-    chain, chain_tally = await runner.build_chain(depth)
-    for d in sizes.chain_depths:
-        wl = chain_workload(ctx.model, d, chain, sizes.nonstream_tokens)
-        workloads[wl.key] = wl
+    workloads, chain_tally = await workload_set(runner, sizes)
     selected = [w for k, w in workloads.items() if not ctx.only or k in ctx.only]
     phase["chain_build"] = time.perf_counter() - t
 

@@ -182,12 +182,12 @@ def test_replicas_stop_after_their_shutdown_grace(services, monkeypatch):
         assert services[name].get("restart") == "unless-stopped", name
 
 
-def test_gateway_healthcheck_asks_for_readiness(services):
+def test_gateway_healthcheck_asks_whether_the_replica_is_up(services):
     for name in GATEWAYS:
         test = services[name]["healthcheck"]["test"]
         assert test[:3] == ["CMD", "python", "-c"], name
         compile(test[3], f"{name} healthcheck", "exec")         # valid Python once unquoted
-        assert f"http://127.0.0.1:{gateway_port(services[name])}/health/ready" in test[3], name
+        assert f"http://127.0.0.1:{gateway_port(services[name])}/health/live" in test[3], name
 
 
 def test_no_variable_is_interpolated_by_compose(compose):

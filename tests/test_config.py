@@ -44,7 +44,11 @@ def test_environment_overrides_the_file(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("text, key", [
     ("max_concurrent_connections: 0", "max_concurrent_connections"),
-    ("cache_backend: redis", "cache_backend"),
+    ("cache_backend: memcached", "cache_backend"),
+    ("store_url: mysql://db/x", "store_url"),
+    ("redis_url: http://cache:6379", "redis_url"),
+    ("cache_enabled: true\ncache_backend: redis", "cache_redis_url"),
+    ("replica_lease: 0.5", "replica_lease"),
     ("endpoints: [ftp://x]", "endpoints"),
     ("no_such_key: 1", "no_such_key"),
     ("endpoints: [", "YAML"),

@@ -42,6 +42,25 @@ def test_an_unopenable_store_stops_start_up_naming_the_file(tmp_path):
     assert done.returncode == 3 and "/nonexistent/dir/store.db" in done.stderr, done.stderr
 
 
+def test_an_unreachable_postgresql_store_stops_start_up_naming_the_key(tmp_path):
+    done = _serve(tmp_path, {"endpoints": [], "store_url": "postgresql://nomyo:hunter2@127.0.0.1:1/nomyo"})
+    assert done.returncode == 3, done.stderr
+    assert "cannot open the PostgreSQL store (store_url)" in done.stderr
+    assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_postgresql_server_that_never_answers_does_not_hold_start_up(tmp_path):
+    """A server that accepts the connection and says nothing: start-up gives up (the store's
+    connect timeout) and exits naming the key, well before the test's limit."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        done = _serve(tmp_path, {"endpoints": [], "store_url": f"postgresql://nomyo@127.0.0.1:{port}/nomyo"})
+    assert done.returncode == 3, done.stderr
+    assert "cannot open the PostgreSQL store (store_url)" in done.stderr
+
+
 def test_a_bad_config_is_one_line_and_exit_2(tmp_path):
     done = _serve(tmp_path, "endpoints: []\nmax_body_bytes: -5\n")
     assert done.returncode == 2
