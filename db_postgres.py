@@ -92,6 +92,7 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (conversation_id, position)
     );
     CREATE INDEX conversation_items_by_id ON conversation_items (item_id);
+    CREATE INDEX conversations_active ON conversations (active_replica) WHERE active_response IS NOT NULL;
     CREATE TABLE replicas (
         id         text PRIMARY KEY,
         started_at timestamptz NOT NULL DEFAULT clock_timestamp(),

@@ -8,7 +8,7 @@ import orjson
 from fastapi import Request
 from starlette.responses import Response
 
-from db import ResponseStore
+from store import Store
 from engine.gateway import Gateway
 from engine.turn import bad_input
 from errors import APIError
@@ -27,7 +27,7 @@ def gateway_of(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
-def store_of(request: Request) -> ResponseStore:
+def store_of(request: Request) -> Store:
     return request.app.state.gateway.store
 
 

@@ -2,9 +2,12 @@
 
 Starts the fake backend (:mod:`bench.backend`) and the gateway (uvicorn, one
 worker, a fresh temporary store) as separate processes, runs the phases of
-:mod:`bench.suite`, prints the tables and writes the JSON report to
-``bench/results/<timestamp>.json`` (or ``--out``). With ``--target URL`` the
-same Responses load goes to another endpoint instead of a gateway started here.
+:mod:`bench.suite`, then the PostgreSQL phases of :mod:`bench.replicas` (a
+gateway on a fresh PostgreSQL schema beside the SQLite one, then 1..3 replicas on
+PostgreSQL + Redis; ``--no-postgres`` skips them), prints the tables and writes
+the JSON report to ``bench/results/<timestamp>.json`` (or ``--out``). With
+``--target URL`` the same Responses load goes to another endpoint instead of a
+gateway started here (the PostgreSQL phases are then skipped).
 Exit status: 0 without errors, 1 when any request failed, 2 when setup failed.
 """
 
@@ -25,6 +28,8 @@ from bench.backend import PACED_MODEL, run
 from bench.client import Target
 from bench.peers import measure_peer, start_litellm
 from bench.procs import REPO, Child, make_workdir, raise_fd_limit, start_backend, start_gateway
+from bench.replicas import DEFAULT_POSTGRES, DEFAULT_REDIS, PostgresPhases
+from bench.services import safe_url
 from bench.report import count_errors, evaluate, render, write_json
 from bench.suite import PRESETS, Context, run_suite
 
@@ -70,6 +75,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--flat-concurrency", type=int)
     g.add_argument("--chain-depths", type=_ints, help="chain depths, e.g. 1,10,100")
     g.add_argument("--stream-chunks", type=_ints, help="short and long stream chunk counts, e.g. 8,256")
+    g.add_argument("--replicas", type=_ints, dest="replica_counts",
+                   help="PostgreSQL replica counts of the replica throughput phase, e.g. 1,2,3")
+    g.add_argument("--replica-concurrency", type=int, help="concurrency of the replica throughput phase")
+    pg = p.add_argument_group("PostgreSQL phases (store comparison, replica throughput)")
+    pg.add_argument("--postgres", default=DEFAULT_POSTGRES, metavar="URL",
+                    help=f"PostgreSQL server (asyncpg DSN) for a fresh schema, dropped afterwards (default {DEFAULT_POSTGRES})")
+    pg.add_argument("--redis", default=DEFAULT_REDIS, metavar="URL",
+                    help=f"Redis of the replicas' shared slots (default {DEFAULT_REDIS})")
+    pg.add_argument("--no-postgres", action="store_true", help="skip both PostgreSQL phases")
     p.add_argument("--compare-litellm", metavar="LITELLM",
                    help="also measure LiteLLM's proxy (this litellm executable, from its own venv) on the same "
                         "backend, and compare CPU per request")
@@ -103,6 +117,32 @@ def _measure_litellm(command: str, workdir: Path, backend: Target, sizes, model:
         child.stop()
 
 
+def _start(args: argparse.Namespace, sizes, workdir: Path, children: list[Child], pg: PostgresPhases,
+           log) -> tuple[Target | None, int | None, Target, int | None]:
+    """Start the backend, PostgreSQL replica 1 (launched first, so both gateways boot together)
+    and the SQLite gateway, as the arguments ask; started children are appended to ``children``.
+    Returns ``(backend, backend pid, gateway, gateway pid)``. Raises on failure."""
+    backend = None
+    backend_pid = args.backend_pid
+    if args.backend_url:
+        backend = Target(_base(args.backend_url))
+    elif not (args.target and args.no_direct):
+        child, port = start_backend(workdir, sizes.nonstream_tokens, sizes.pace_ms, args.backend_port)
+        children.append(child)
+        backend, backend_pid = Target(f"http://127.0.0.1:{port}"), child.pid
+        log(f"backend on {backend.url} (pid {child.pid})")
+    if args.target:
+        return backend, backend_pid, Target(_base(args.target), args.api_key), args.target_pid
+    if backend is None:
+        raise RuntimeError("no backend for the gateway")
+    pg.launch(backend.port)
+    child, port = start_gateway(workdir, backend.port, args.gateway_port)
+    children.append(child)
+    log(f"gateway on http://127.0.0.1:{port} (pid {child.pid}), store in {workdir}")
+    pg.wait_first()
+    return backend, backend_pid, Target(f"http://127.0.0.1:{port}", args.api_key), child.pid
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the exit status."""
     args = parse_args(argv)
@@ -116,28 +156,17 @@ def main(argv: list[str] | None = None) -> int:
     children: list[Child] = []
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
+    pg = PostgresPhases(args.postgres, args.redis, workdir, log,
+                        reason="--no-postgres" if args.no_postgres else
+                        "--target: the PostgreSQL phases measure gateways started here" if args.target else None)
     try:
-        backend = None
-        backend_pid = args.backend_pid
-        if args.backend_url:
-            backend = Target(_base(args.backend_url))
-        elif not (args.target and args.no_direct):
-            child, port = start_backend(workdir, sizes.nonstream_tokens, sizes.pace_ms, args.backend_port)
-            children.append(child)
-            backend, backend_pid = Target(f"http://127.0.0.1:{port}"), child.pid
-            log(f"backend on {backend.url} (pid {child.pid})")
-        if args.target:
-            gateway, gateway_pid = Target(_base(args.target), args.api_key), args.target_pid
-        else:
-            if backend is None:
-                raise RuntimeError("no backend for the gateway")
-            child, port = start_gateway(workdir, backend.port, args.gateway_port)
-            children.append(child)
-            gateway, gateway_pid = Target(f"http://127.0.0.1:{port}", args.api_key), child.pid
-            log(f"gateway on {gateway.url} (pid {child.pid}), store in {workdir}")
-    except Exception as exc:
+        backend, backend_pid, gateway, gateway_pid = _start(args, sizes, workdir, children, pg, log)
+    except BaseException as exc:
         for child in reversed(children):
             child.stop()
+        pg.close()
+        if not isinstance(exc, Exception):
+            raise
         print(f"setup failed: {exc}", file=sys.stderr)
         return 2
     ctx = Context(gateway=gateway, backend=None if args.no_direct else backend, gateway_pid=gateway_pid,
@@ -148,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.compare_litellm and backend is not None:
             measured["peers"] = {"litellm": _measure_litellm(args.compare_litellm, workdir, backend, sizes,
                                                              args.model, log)}
+        measured.update(run(pg.measure(ctx, sizes, measured)))
     except Exception as exc:
         for child in children:
             if not child.alive():
@@ -157,12 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for child in reversed(children):
             child.stop()
+        pg.close()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     report = {"meta": {"mode": mode, "started": started.isoformat(timespec="seconds"),
                        "duration_s": time.perf_counter() - t0, "gateway_url": gateway.url,
                        "gateway_pid": gateway_pid, "backend_url": backend.url if backend else None,
                        "backend_pid": backend_pid, "target_mode": bool(args.target), "cpus": os.cpu_count(),
+                       "postgres_url": safe_url(args.postgres), "redis_url": safe_url(args.redis),
                        "python": platform.python_version(), "platform": platform.platform(),
                        "git": _git_commit(), "argv": sys.argv[1:] if argv is None else argv,
                        "workdir": str(workdir) if args.keep else None}}

@@ -159,7 +159,8 @@ async def _connect(target: Target, tally: Tally) -> Connection | None:
 async def run_requests(side: Side, *, concurrency: int = 1, count: int | None = None,
                        duration: float | None = None, ramp: float = 0.0, timeout: float = 60.0,
                        timings: bool = True) -> Tally:
-    """Send ``side``'s requests from ``concurrency`` workers, one connection each.
+    """Send ``side``'s requests from ``concurrency`` workers, one connection each (with
+    ``side.others``: one to each replica, request k of the batch going to replica k mod n).
 
     Count mode (``count``): every reply is measured; CPU (of ``side.pids``, summed) and
     wall time span the whole batch, from after the connections are open.

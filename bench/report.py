@@ -149,7 +149,26 @@ def count_errors(report: dict) -> dict:
         add(f"tool_loop/{side}", dig(report, "tool_loop", side, "errors"), None)
     for phase in ("streams_open", "rss_flatness"):
         add(phase, dig(report, phase, "errors"), dig(report, phase, "error_kinds"))
+    _postgres_errors(report, add)
     return {"total": sum(by_phase.values()), "by_phase": dict(by_phase), "kinds": dict(kinds)}
+
+
+def _postgres_errors(report: dict, add: Callable[[str, int | None, dict | None], None]) -> None:
+    """Add the errors of the PostgreSQL phases (``postgres``, ``replicas``); a phase that broke
+    (``failed``) counts as one error."""
+    for name in ("postgres", "replicas"):
+        section = report.get(name) or {}
+        if section.get("failed"):
+            add(f"{name}/failed", 1, {section["failed"][:200]: 1})
+    for key, w in (dig(report, "postgres", "workloads") or {}).items():
+        add(f"postgres/{key}/warmup", w.get("warmup_errors"), w.get("warmup_error_kinds"))
+        for side in ("gateway", "direct"):
+            if w.get(side):
+                add(f"postgres/{key}/{side}", w[side]["errors"], w[side]["error_kinds"])
+    add("postgres/chain_build", dig(report, "postgres", "chain_build", "errors"), None)
+    for n, run in (dig(report, "replicas", "runs") or {}).items():
+        add(f"replicas/{n}/warmup", run.get("warmup_errors"), run.get("warmup_error_kinds"))
+        add(f"replicas/{n}", run.get("errors"), run.get("error_kinds"))
 
 
 # ── printing ─────────────────────────────────────────────────────────────────────
@@ -255,6 +274,7 @@ def render(report: dict) -> str:
                f"{fl.get('errors')} errors")
     out.append("")
     out += _peers_table(report)
+    out += _postgres_tables(report)
     rows = []
     for t in report["targets"]:
         verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "MISS")
@@ -288,6 +308,76 @@ def _peers_table(report: dict) -> list[str]:
     return ["Peers on the same backend, concurrency 1, same run (CPU = OS CPU time of the process / request, ms).",
             table(["workload", "CPU/req gw", "CPU/req peer", "peer / gw", "p50 gw", "p50 peer", "peer errors"],
                   rows), ""]
+
+
+def _skipped(section: dict | None, what: str) -> list[str] | None:
+    """The line of a PostgreSQL phase that did not run (or broke), else None."""
+    if not section:
+        return [f"{what}: not run", ""]
+    if section.get("skipped"):
+        return [f"{what} skipped: {section.get('reason')}", ""]
+    if section.get("failed"):
+        return [f"{what} failed: {section['failed']}", ""]
+    return None
+
+
+def _postgres_tables(report: dict) -> list[str]:
+    """The PostgreSQL store comparison and the replica throughput tables."""
+    pg = report.get("postgres")
+    out = _skipped(pg, "PostgreSQL store comparison")
+    if out is None:
+        out = ["Store: the SQLite gateway vs a gateway on PostgreSQL (fresh schema, redis_url set: slots in "
+               "Redis), concurrency 1, same backend, rounds as above. CPU/req gw = gateway process CPU / request "
+               "(SQLite's work is inside it); PG srv, Redis = CPU of the PostgreSQL backends of the gateway's "
+               "connections and of the Redis server / gateway request; PG total / SQLite = (gw + PG srv + Redis) "
+               "/ SQLite gw; +p50/+p99 = added latency over the backend direct; ms."]
+        rows = []
+        for key, both in pg["summary"].items():
+            lite, post = both["sqlite"], both["postgres"]
+            parts = [post["cpu_ms_per_request"], post.get("postgres_cpu_ms_per_request"),
+                     post.get("redis_cpu_ms_per_request")]
+            ratio = (None if not lite["cpu_ms_per_request"] or parts[0] is None
+                     else sum(x or 0.0 for x in parts) / lite["cpu_ms_per_request"])
+            rows.append([pg["workloads"][key]["label"], _f(lite["cpu_ms_per_request"], 3),
+                         _f(parts[0], 3), _f(parts[1], 3), _f(parts[2], 3), _f(ratio, 2),
+                         _f(lite["added_p50_ms"], 2, True), _f(post["added_p50_ms"], 2, True),
+                         _f(lite["added_p99_ms"], 2, True), _f(post["added_p99_ms"], 2, True),
+                         str(post["errors"])])
+        out += [table(["workload", "CPU/req SQLite", "CPU/req PG gw", "PG srv", "Redis", "PG total / SQLite",
+                       "+p50 SQLite", "+p50 PG", "+p99 SQLite", "+p99 PG", "errors PG"], rows), ""]
+    reps = report.get("replicas")
+    skipped = _skipped(reps, "Replica throughput")
+    return out + (skipped if skipped is not None else _replicas_table(reps))
+
+
+def _replicas_table(reps: dict) -> list[str]:
+    w = reps["window"]
+    out = [f"Replicas on one PostgreSQL store + Redis: store:true non-stream requests, c={reps['concurrency']} "
+           f"round-robin over N replicas (largest N first), {w['rounds']} round(s) of {w['ramp_s']:g} s ramp + "
+           f"{w['seconds']:g} s window. CPU/req replicas: all replica processes summed, in the windows; backend, "
+           "PG srv (the replicas' PostgreSQL backends), Redis, client (this process), other (the machine's busy "
+           "CPU minus all those: other processes, PostgreSQL's background writers, the kernel) and cores busy "
+           "(busy CPU s / s): over whole rounds. CPU in ms per request."]
+    rows = []
+    one = dig(reps, "runs", "1", "requests_per_s")
+    for n in sorted(reps["runs"], key=int):
+        r = reps["runs"][n]
+        per = dig(r, "round", "cpu_ms_per_request") or {}
+        rps = r.get("requests_per_s")
+        rows.append([f"{n} replica(s)", _f(rps, 0), _f(None if not one or rps is None else rps / one, 2),
+                     _f(dig(r, "latency_ms", "p50"), 1), _f(dig(r, "latency_ms", "p99"), 1),
+                     _f(r.get("cpu_ms_per_request"), 3)]
+                    + [_f(per.get(k), 3) for k in ("backend", "postgres", "redis", "client", "other")]
+                    + [_f(dig(r, "round", "cores_busy"), 2), str((r.get("errors") or 0) + (r.get("warmup_errors") or 0))])
+    lite = reps.get("sqlite")
+    if lite:
+        rows.append(["SQLite gateway (above)", _f(lite.get("requests_per_s"), 0), "-",
+                     _f(dig(lite, "latency_ms", "p50"), 1), _f(dig(lite, "latency_ms", "p99"), 1),
+                     _f(lite.get("cpu_ms_per_request"), 3)] + ["-"] * 6 + [str(lite.get("errors"))])
+    out += [table(["replicas", "req/s", "vs 1", "p50", "p99", "CPU/req replicas", "backend", "PG srv", "Redis",
+                   "client", "other", "cores busy", "errors"], rows),
+            f"  Note: {reps['note']} (os.cpu_count() = {reps['cpus']}).", ""]
+    return out
 
 
 def write_json(report: dict, path: Path) -> Path:

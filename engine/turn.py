@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from db import ResponseStore
+from store import Store
 from db_conversations import BUSY, MISSING
 from engine.files import FileFetcher, file_urls
 from errors import APIError
@@ -234,7 +234,7 @@ def _since_last_compaction(items: list[dict]) -> list[dict]:
     return items
 
 
-async def _resolve_references(store: ResponseStore, items: list[dict], owner: str | None) -> list[dict]:
+async def _resolve_references(store: Store, items: list[dict], owner: str | None) -> list[dict]:
     refs = [item["id"] for item in items if item["type"] == "item_reference"]
     if not refs:
         return items
@@ -280,7 +280,7 @@ def _summaries(items: list[dict], seal: ReasoningSeal | None, param: str) -> dic
     return out
 
 
-async def resolve_input(store: ResponseStore, raw: Any, owner: str | None, seal: ReasoningSeal | None,
+async def resolve_input(store: Store, raw: Any, owner: str | None, seal: ReasoningSeal | None,
                         param: str = "input") -> list[dict]:
     """Items as a request sends them (``input``, a conversation's ``items``), made ready to store:
     normalized, ``item_reference`` resolved, the gateway's own sealed reasoning opened and sealed
@@ -324,7 +324,7 @@ def _too_long(what: str, param: str, bounds: ChainBounds) -> APIError:
                     param=param, code="context_length_exceeded")
 
 
-async def _load_history(store: ResponseStore, body: dict, owner: str | None, bounds: ChainBounds) -> list[dict]:
+async def _load_history(store: Store, body: dict, owner: str | None, bounds: ChainBounds) -> list[dict]:
     """The items before this turn: its ``previous_response_id`` chain or its ``conversation``. One past
     the bounds is a 400 ``context_length_exceeded`` with ``truncation: "disabled"`` (the default, as at
     OpenAI), and loses its oldest items with ``"auto"``."""
@@ -358,7 +358,7 @@ def _conversation_not_found(conversation: str) -> APIError:
                     code="conversation_not_found")
 
 
-async def _claim(store: ResponseStore, conversation: str, owner: str | None, response_id: str) -> None:
+async def _claim(store: Store, conversation: str, owner: str | None, response_id: str) -> None:
     """Hold ``conversation`` for the turn ``response_id``; 404 when it is not found, 409
     ``conversation_locked`` while another turn runs on it (turns on one conversation never interleave)."""
     claimed = await store.claim_conversation(conversation, owner, response_id)
@@ -370,14 +370,14 @@ async def _claim(store: ResponseStore, conversation: str, owner: str | None, res
                             "send this one when it has finished.", param="conversation", code="conversation_locked")
 
 
-async def release_conversation(store: ResponseStore, turn: Turn, items: list[dict] | None = None) -> None:
+async def release_conversation(store: Store, turn: Turn, items: list[dict] | None = None) -> None:
     """Free ``turn``'s conversation, appending ``items`` (None: the turn failed, nothing is added);
     nothing happens when the turn does not hold it (any more). Never cut short by a cancellation."""
     if turn.conversation_id is not None:
         await asyncio.shield(store.finish_conversation_turn(turn.conversation_id, turn.id, items))
 
 
-async def prepare_turn(store: ResponseStore, body: dict, owner: str | None,
+async def prepare_turn(store: Store, body: dict, owner: str | None,
                        aliases: dict[str, str] | None = None, seal: ReasoningSeal | None = None,
                        bounds: ChainBounds = ChainBounds(), *, claim: bool = True,
                        files: FileFetcher | None = None, response_id: str | None = None,
