@@ -30,7 +30,8 @@ async def health(request: Request) -> Response:
     """Readiness: checks the store and asks every endpoint for its models now.
 
     200 when the store answers and at least one endpoint is reachable, else 503;
-    the body gives the detail per endpoint.
+    the body gives the detail per endpoint, and the store's (``shared``: PostgreSQL, with
+    ``replica``: this process's name among the replicas).
     """
     gateway = request.app.state.gateway
     registry = gateway.registry
@@ -45,7 +46,8 @@ async def health(request: Request) -> Response:
                  for ep in registry.endpoints.values()]
     ok = store_ok and any(ep["reachable"] for ep in endpoints)
     return _json({"status": "ok" if ok else "unavailable",
-                  "store": {"ok": store_ok, "error": store_error, "writes_retrying": len(gateway.retrying)},
+                  "store": {"ok": store_ok, "error": store_error, "writes_retrying": len(gateway.retrying),
+                            "shared": gateway.store.shared, "replica": gateway.store.replica},
                   "endpoints": endpoints},
                  200 if ok else 503)
 

@@ -139,8 +139,10 @@ class PostgresPhases:
         try:
             await self.services.open()
             for name, phase in (("postgres", self.store_phase), ("replicas", self.replica_phase)):
+                t = time.perf_counter()
                 try:
                     out[name] = await phase(main, sizes, measured)
+                    out[name]["seconds"] = time.perf_counter() - t
                 except Exception as exc:  # noqa: BLE001 - a broken phase is reported, the run's figures kept
                     self.log(f"the {name} phase failed: {type(exc).__name__}: {exc}")
                     out[name] = {"skipped": False, "reason": None, "failed": f"{type(exc).__name__}: {exc}"}
@@ -194,15 +196,18 @@ class PostgresPhases:
         """Throughput of ``store: true`` requests round-robin over N replicas, N in
         ``sizes.replica_counts`` (largest first). Returns ``concurrency``, ``cpus``, ``order``,
         ``runs`` (``"N"``: see :meth:`_replica_run`), ``sqlite`` (the SQLite gateway's
-        throughput at the same concurrency in this run, or None) and ``note``."""
+        throughput at the same concurrency in this run, or None), ``startup_seconds`` (starting
+        the other replicas), ``window`` and ``note``; :meth:`measure` adds ``seconds``."""
         counts = sorted({n for n in sizes.replica_counts if n >= 1}, reverse=True)
         c = sizes.replica_concurrency
         if not counts:
             return {"skipped": True, "reason": "no replica count (--replicas)", "failed": None}
         new = [self._launch() for _ in range(len(self.replicas), counts[0])]
+        t = time.perf_counter()
         if new:
             main.log(f"starting {len(new)} more PostgreSQL replica(s) ...")
             await asyncio.gather(*(wait_gateway(child, port, 60.0) for child, port in new))
+        startup = time.perf_counter() - t
         runs = {}
         for n in counts:
             while len(self.replicas) > n:
@@ -212,7 +217,7 @@ class PostgresPhases:
         sqlite = dig(measured, "workloads", REPLICA_WORKLOAD, "throughput", f"c{c}", "gateway")
         cpus = os.cpu_count()
         return {"skipped": False, "reason": None, "failed": None, "workload": REPLICA_WORKLOAD, "concurrency": c,
-                "cpus": cpus, "order": counts, "runs": runs, "sqlite": sqlite,
+                "cpus": cpus, "order": counts, "runs": runs, "sqlite": sqlite, "startup_seconds": startup,
                 "window": {"ramp_s": sizes.tput_ramp, "seconds": sizes.tput_seconds, "rounds": sizes.tput_rounds},
                 "note": (f"client, backend, PostgreSQL, Redis and all replicas share this machine's {cpus} "
                          "CPU(s): more replicas on one small machine cannot scale like replicas on "

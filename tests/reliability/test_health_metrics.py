@@ -16,7 +16,7 @@ async def test_health_is_200_while_one_endpoint_is_reachable(app_factory, ollama
         reply = await http.get("/health")
         assert reply.status_code == 200
         body = reply.json()
-        assert body["status"] == "ok" and body["store"] == {"ok": True, "error": None, "writes_retrying": 0}
+        assert body["status"] == "ok" and body["store"] == {"ok": True, "error": None, "writes_retrying": 0, "shared": False, "replica": None}
         by_url = {ep["url"]: ep for ep in body["endpoints"]}
         assert set(by_url) == {dead, ollama.url}
         assert by_url[ollama.url] == {"url": ollama.url, "kind": "ollama", "reachable": True,
@@ -66,7 +66,8 @@ async def test_health_is_503_when_the_store_fails(app_factory, ollama, monkeypat
         monkeypatch.setattr(router.app.state.gateway.store, "check", broken)
         reply = await http.get("/health")
         assert reply.status_code == 503
-        assert reply.json()["store"] == {"ok": False, "error": "OSError: disk gone", "writes_retrying": 0}
+        assert reply.json()["store"] == {"ok": False, "error": "OSError: disk gone", "writes_retrying": 0,
+                                         "shared": False, "replica": None}
         assert reply.json()["endpoints"][0]["reachable"] is True
 
 
