@@ -75,10 +75,10 @@ class Cluster:
             await asyncio.sleep(self.lease / 5)
             try:
                 if not await self.store.heartbeat():
-                    ended = self.gateway.jobs.abandon()
+                    ended = self.gateway.abandon_runs()
                     log.error("this replica's lease had run out (it was taken for dead): another replica failed "
-                              "its running responses and runs its queued ones; %d background job(s) here ended "
-                              "without storing anything", ended)
+                              "its running responses and runs its queued ones; %d turn(s) here ended without "
+                              "storing anything more", ended)
                 if self._listener is None or self._listener.is_closed():
                     await self._listen()
                     self._wake_all()  # what was sent while it was down is read from the store

@@ -80,6 +80,18 @@ class Gateway:
             run.stop()
         return len(runs)
 
+    def abandon_runs(self) -> int:
+        """End every turn whose row another replica has failed (this one lost its lease): the
+        background jobs and the stored streams, storing nothing more of them (their followers
+        get ``error`` + ``response.failed``, as the store says). Turns not yet in the store go
+        on. Returns how many were ended."""
+        ended = self.jobs.abandon()
+        for run in list(self.runs):
+            if run.row_written and not run.turn.background:
+                run.stop(abandon=True)
+                ended += 1
+        return ended
+
     async def close_sockets(self, timeout: float) -> None:
         """Let each open WebSocket finish its turn (they end by ``stop_runs`` after the grace), then
         close it as going away; at most ``timeout`` seconds."""
