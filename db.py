@@ -181,6 +181,22 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def chain_of(rows: list) -> Chain | None:
+    """The :class:`Chain` of a chain query's rows, oldest turn first: ``(fits, input_items JSON,
+    output_items JSON)``, the texts None for turns past the bounds. None for no rows."""
+    if not rows:
+        return None
+    items: list[dict] = []
+    complete = True
+    for fits, input_items, output_items in rows:
+        if not fits:
+            complete = False
+        if input_items is not None:  # each column parsed in place: the chain's text is never joined
+            items += orjson.loads(input_items)
+            items += orjson.loads(output_items)
+    return Chain(items, complete)
+
+
 #: The columns :func:`_row_dict` makes a row of.
 _ROW_COLUMNS = ("id, owner, previous_response_id, model, status, background, created_at, input_items, response,"
                 " request")
@@ -442,17 +458,7 @@ class ResponseStore(ConversationTables):
         """
         rows = await self.reader.execute_fetchall(_CHAIN_SQL, {"id": id, "owner": owner, "max_bytes": max_bytes,
                                                                "max_items": max_items})
-        if not rows:
-            return None
-        items: list[dict] = []
-        complete = True
-        for fits, input_items, output_items in rows:
-            if not fits:
-                complete = False
-            if input_items is not None:  # each column parsed in place: the chain's text is never joined
-                items += orjson.loads(input_items)
-                items += orjson.loads(output_items)
-        return Chain(items, complete)
+        return chain_of(rows)
 
     async def find_items(self, ids: list[str], owner: str | None = None) -> dict[str, dict]:
         """Stored input or output items of ``owner`` by item id (for ``item_reference``), through

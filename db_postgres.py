@@ -29,7 +29,7 @@ from typing import Any, Callable
 import asyncpg
 import orjson
 
-from db import Chain, ACTIVE
+from db import ACTIVE, Chain, chain_of
 from db_postgres_conversations import PostgresConversations
 
 __all__ = ["PostgresStore", "TakeOver", "EVENTS_CHANNEL", "CANCEL_CHANNEL", "PG_SCHEMA_VERSION"]
@@ -436,18 +436,7 @@ class PostgresStore(PostgresConversations):
     async def get_chain(self, id: str, owner: str | None = None, *, max_bytes: int = 16 * 1024 * 1024,
                         max_items: int = 10_000) -> Chain | None:
         """The chain ending at ``id`` in one query, bounded as :meth:`db.ResponseStore.get_chain`."""
-        rows = await self.pool.fetch(_CHAIN_SQL, id, owner, max_bytes, max_items)
-        if not rows:
-            return None
-        items: list[dict] = []
-        complete = True
-        for fits, input_items, output_items in rows:
-            if not fits:
-                complete = False
-            if input_items is not None:
-                items += orjson.loads(input_items)
-                items += orjson.loads(output_items)
-        return Chain(items, complete)
+        return chain_of(await self.pool.fetch(_CHAIN_SQL, id, owner, max_bytes, max_items))
 
     async def find_items(self, ids: list[str], owner: str | None = None) -> dict[str, dict]:
         """Stored input, output or conversation items of ``owner`` by id (for ``item_reference``)."""

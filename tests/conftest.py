@@ -87,6 +87,31 @@ def _unreachable(what: str, exc: BaseException) -> None:
     pytest.skip(message)
 
 
+@pytest.fixture
+async def redis_db():
+    """A client of the test Redis (``REDIS``); fails or skips the test as
+    :func:`_unreachable` says when it does not answer."""
+    import redis.asyncio as aioredis
+    client = aioredis.Redis.from_url(REDIS)
+    try:
+        await client.ping()
+    except Exception as exc:
+        await client.aclose()
+        _unreachable(f"Redis at {REDIS}", exc)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def redis_prefix(redis_db):
+    """A fresh key prefix in the test Redis; its keys are deleted after the test."""
+    prefix = f"test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    keys = [key async for key in redis_db.scan_iter(match=f"{prefix}*")]
+    if keys:
+        await redis_db.delete(*keys)
+
+
 @asynccontextmanager
 async def postgres_schema():
     """A ``postgresql://`` URL whose ``search_path`` is a fresh schema, dropped afterwards."""

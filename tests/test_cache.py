@@ -5,15 +5,13 @@ key prefix, deleted afterwards)."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 
-import pytest
 import redis.asyncio as aioredis
 
 from cache import MemoryCache, RedisCache, SQLiteCache, cache_key, open_llm_cache
 from config import Settings
+from tests.conftest import REDIS
 
-REDIS = "redis://127.0.0.1:6379/0"
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -55,22 +53,6 @@ async def test_sqlite_cache_survives_reopening(tmp_path):
     await expired.set_chat("r", "m", [9], b"x")
     assert await expired.get_chat("r", "m", [9]) is None
     await expired.close()
-
-
-@pytest.fixture
-async def redis_prefix():
-    """A fresh key prefix in the real Redis; its keys are deleted afterwards."""
-    client = aioredis.Redis.from_url(REDIS)
-    try:
-        await client.ping()
-    except Exception as exc:  # pragma: no cover - the suite runs with Redis
-        pytest.skip(f"no Redis at {REDIS}: {exc}")
-    prefix = f"test-cache:{secrets.token_hex(6)}:"
-    yield prefix
-    keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 async def test_redis_cache_is_shared_by_replicas(redis_prefix):

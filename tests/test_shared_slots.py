@@ -7,18 +7,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
-import secrets
 
 import pytest
-import redis.asyncio as aioredis
 
 import backends
 from backends import Registry
 from config import Settings
+from tests.conftest import REDIS
 from errors import APIError
 from slots import SharedSlots
 
-REDIS = "redis://127.0.0.1:6379/0"
 A, B = "http://127.0.0.1:9", "http://127.0.0.1:10"
 
 
@@ -27,21 +25,10 @@ async def _no_discovery() -> None:
 
 
 @pytest.fixture
-async def redis_db():
-    client = aioredis.Redis.from_url(REDIS)
-    try:
-        await client.ping()
-    except Exception as exc:  # pragma: no cover - the suite runs with Redis
-        pytest.skip(f"no Redis at {REDIS}: {exc}")
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def replicas(redis_db, monkeypatch):
+async def replicas(redis_prefix, monkeypatch):
     """``await make(*urls, limit=2, queue_timeout=30, lease=5, redis_url=REDIS)``: a started
     registry (a replica) whose endpoints serve ``tiny``; all share this test's key prefix."""
-    prefix = f"test-slots:{secrets.token_hex(6)}:"
+    prefix = redis_prefix
     monkeypatch.setattr(backends, "SharedSlots", functools.partial(SharedSlots, prefix=prefix))
     made: list[Registry] = []
 
@@ -60,9 +47,6 @@ async def replicas(redis_db, monkeypatch):
     yield make
     for reg in made:
         await reg.close()
-    keys = [key async for key in redis_db.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await redis_db.delete(*keys)
 
 
 async def _until(check, timeout: float = 30, every: float = 0.05) -> None:
@@ -226,8 +210,8 @@ async def _none_held(reg: Registry) -> bool:
     return await reg.slots.counts([(A, "tiny")]) == {(A, "tiny"): 0}
 
 
-async def test_shared_slots_api(redis_db):
-    prefix = f"test-slots:{secrets.token_hex(6)}:"
+async def test_shared_slots_api(redis_prefix):
+    prefix = redis_prefix
     woken = asyncio.Event()
 
     async def wake():
@@ -256,6 +240,3 @@ async def test_shared_slots_api(redis_db):
     finally:
         await one.close()
         await two.close()
-        keys = [key async for key in redis_db.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await redis_db.delete(*keys)
