@@ -162,9 +162,12 @@ class PostgresPhases:
     async def store_phase(self, main: Context, sizes: Sizes, measured: dict) -> dict:
         """The store workloads measured on SQLite, measured on replica 1. Returns ``store_url``
         (password masked), ``schema``, ``gateway_pid``, ``workloads`` (key: latency summary as
-        in the report's ``workloads``), ``summary`` (key: ``{"sqlite", "postgres"}``, each
-        ``cpu_ms_per_request``, ``p50_ms``/``p99_ms``, ``added_p50_ms``/``added_p99_ms``,
-        ``requests``, ``errors``) and ``chain_build``."""
+        in the report's ``workloads``, plus ``services``: ``requests`` sent to the gateway,
+        warm-up included, and ``postgres_cpu_ms_per_request``/``redis_cpu_ms_per_request``
+        over them), ``summary`` (key: ``{"sqlite", "postgres"}``, each ``cpu_ms_per_request``
+        of the gateway, ``postgres_cpu_ms_per_request``, ``redis_cpu_ms_per_request`` (None
+        on SQLite), ``p50_ms``/``p99_ms``, ``added_p50_ms``/``added_p99_ms``, ``requests``,
+        ``errors``) and ``chain_build``. Figures in ms."""
         keys = store_workload_keys(measured.get("workloads") or {})
         head = {"skipped": False, "reason": None, "failed": None, "store_url": safe_url(self.store_url),
                 "redis_url": safe_url(self.redis_url), "schema": self.schema, "gateway_pid": self.replicas[0][0].pid}

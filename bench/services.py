@@ -135,5 +135,8 @@ class ServiceCpu:
     async def close(self) -> None:
         """Close the PostgreSQL connection."""
         if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+            conn, self._conn = self._conn, None
+            try:
+                await conn.close()
+            except Exception:  # noqa: BLE001 - a connection that cannot close cleanly is dropped
+                conn.terminate()

@@ -66,7 +66,8 @@ PRESETS = {
                    flat_warmup=200, flat_concurrency=32, loop_rounds=3),
     "tiny": Sizes(rounds=1, requests=3, long_stream_requests=2, warmup=2, tput_seconds=0.2, tput_ramp=0.05, tput_rounds=1,
                   concurrencies=(8, 32), streams=20, hold_chunks=5, pace_ms=20.0, flat_requests=100,
-                  flat_warmup=20, flat_concurrency=8, loop_rounds=1, loop_turns=4, replica_concurrency=8),
+                  flat_warmup=20, flat_concurrency=8, loop_rounds=1, loop_turns=4, replica_counts=(1, 2),
+                  replica_concurrency=8),
 }
 
 

@@ -1,13 +1,15 @@
 """Smoke test of the benchmark harness: its tiniest mode runs end to end and reports every figure.
 
 Starts the bench backend and the gateway (uvicorn) as real processes on
-127.0.0.1. No timing is asserted: only that each figure is present and that
-no request failed.
+127.0.0.1, and the PostgreSQL phases' replicas when PostgreSQL and Redis answer
+(127.0.0.1:5432, 127.0.0.1:6379). No timing is asserted: only that each figure is
+present and that no request failed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +41,7 @@ def report(tmp_path_factory) -> dict:
     assert out.exists(), f"no report (exit {run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     data = json.loads(out.read_text())
     data["_exit"] = run.returncode
+    data["_stdout"] = run.stdout
     return data
 
 
@@ -104,3 +107,57 @@ def test_the_tool_loop_figures(report):
         assert loop[side]["errors"] == 0 and loop[side]["loops"] == report["sizes"]["loop_rounds"]
         assert loop[side]["wall_ms"]["median"] is not None and loop[side]["cpu_ms_per_turn"] is not None
     assert loop["wall_ratio"] is not None
+
+
+def _postgres_there(report) -> bool:
+    """Whether the PostgreSQL phases ran; when they were skipped, both sections say why."""
+    pg, reps = report["postgres"], report["replicas"]
+    assert pg["failed"] is None and reps["failed"] is None, (pg["failed"], reps["failed"])
+    if pg["skipped"] and pg["reason"].startswith("cannot"):
+        assert reps["skipped"] and reps["reason"] == pg["reason"]
+        assert f"skipped: {pg['reason']}" in report["_stdout"]
+        return False
+    return True
+
+
+def test_the_postgres_store_comparison(report):
+    if not _postgres_there(report):
+        pytest.skip(f"PostgreSQL phases skipped: {report['postgres']['reason']}")
+    pg = report["postgres"]
+    assert not pg["skipped"] and pg["chain_build"]["errors"] == 0
+    assert set(pg["workloads"]) == {"nonstream_store_true"} | {k for k in WORKLOADS if k.startswith("chain_depth_")}
+    for key, w in pg["workloads"].items():
+        for side in ("gateway", "direct"):
+            assert w[side]["requests"] > 0 and w[side]["errors"] == 0, f"postgres.{key}.{side}"
+        assert w["warmup_errors"] == 0
+        assert w["gateway"]["cpu_ms_per_request"] is not None
+        assert w["services"]["postgres_cpu_ms_per_request"] is not None
+        for p in ("p50", "p99"):
+            assert w["added"]["latency_ms"][p] is not None, f"postgres.{key}.added.{p}"
+        both = pg["summary"][key]
+        assert both["sqlite"]["cpu_ms_per_request"] is not None and both["postgres"]["errors"] == 0
+    assert "Store: the SQLite gateway vs a gateway on PostgreSQL" in report["_stdout"]
+
+
+def test_the_replica_throughput(report):
+    if not _postgres_there(report):
+        pytest.skip(f"PostgreSQL phases skipped: {report['replicas']['reason']}")
+    reps = report["replicas"]
+    assert reps["cpus"] == os.cpu_count() and "share this machine" in reps["note"]
+    assert sorted(reps["runs"], key=int) == [str(n) for n in sorted(report["sizes"]["replica_counts"])]
+    for n, run in reps["runs"].items():
+        assert run["replicas"] == int(n) == len(run["pids"])
+        assert run["requests"] > 0 and run["errors"] == 0 and run["warmup_errors"] == 0, (n, run["error_kinds"])
+        assert run["requests_per_s"] and run["cpu_ms_per_request"] is not None
+        for part in ("replicas", "backend", "client", "machine", "other"):
+            assert run["round"]["cpu_ms_per_request"][part] is not None, f"replicas.{n}.round.{part}"
+    assert "Replicas on one PostgreSQL store + Redis" in report["_stdout"]
+    assert f"os.cpu_count() = {os.cpu_count()}" in report["_stdout"]
+
+
+def test_skipped_postgres_phases_are_shown(report):
+    from bench.report import render
+    skipped = {"skipped": True, "reason": "--no-postgres", "failed": None}
+    text = render({**report, "postgres": skipped, "replicas": dict(skipped)})
+    assert "PostgreSQL store comparison skipped: --no-postgres" in text
+    assert "Replica throughput skipped: --no-postgres" in text

@@ -67,7 +67,11 @@ class GatewayProcess:
             [sys.executable, "serve.py", "--host", "127.0.0.1", "--port", str(self.port),
              *(() if self.request_log else ("--no-access-log",))],
             cwd=REPO, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
-        _wait_http(f"{self.url}/health/live", self.proc, timeout, self.log)
+        try:
+            _wait_http(f"{self.url}/health/live", self.proc, timeout, self.log)
+        except BaseException:
+            self.kill()  # one that never came up is not left running
+            raise
         return self
 
     def stop(self) -> None:
