@@ -158,12 +158,14 @@ class JobManager:
                 self.jobs.pop(turn.id, None)
 
     async def cancel(self, response_id: str) -> bool:
-        """Cancel a running job and wait until its final state is stored.
-        Returns False when no job of that id runs here."""
+        """Cancel a running job and wait until its final state is stored (one whose run has ended
+        already is only waited for: its last events are still being written). Returns False
+        when no job of that id runs here."""
         job = self.jobs.get(response_id)
         if job is None or job.task is None:
             return False
-        job.task.cancel()
+        if not job.run.settled:
+            job.task.cancel()
         await asyncio.wait([job.task])
         return True
 

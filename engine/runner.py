@@ -208,6 +208,11 @@ class TurnRun:
                 self.stopping = "requeue" if self.turn.background and not self.slot_taken else "shutdown"
             task.cancel()
 
+    @property
+    def settled(self) -> bool:
+        """Whether the run has ended (its final state is decided; it may still be being recorded)."""
+        return self._settling is not None
+
     def steerable(self) -> bool:
         """Whether :meth:`steer` can end this run early: a streamed turn on a Chat backend, still
         running (a native endpoint's stream cannot be cut into a steered response here)."""
