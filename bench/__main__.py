@@ -80,7 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--replica-concurrency", type=int, help="concurrency of the replica throughput phase")
     pg = p.add_argument_group("PostgreSQL phases (store comparison, replica throughput)")
     pg.add_argument("--postgres", default=DEFAULT_POSTGRES, metavar="URL",
-                    help=f"PostgreSQL server (asyncpg DSN) for a fresh schema, dropped afterwards (default {DEFAULT_POSTGRES})")
+                    help="PostgreSQL server (asyncpg DSN) for a fresh schema, dropped afterwards "
+                         f"(default {DEFAULT_POSTGRES})")
     pg.add_argument("--redis", default=DEFAULT_REDIS, metavar="URL",
                     help=f"Redis of the replicas' shared slots (default {DEFAULT_REDIS})")
     pg.add_argument("--no-postgres", action="store_true", help="skip both PostgreSQL phases")

@@ -368,7 +368,8 @@ def _replicas_table(reps: dict) -> list[str]:
                      _f(dig(r, "latency_ms", "p50"), 1), _f(dig(r, "latency_ms", "p99"), 1),
                      _f(r.get("cpu_ms_per_request"), 3)]
                     + [_f(per.get(k), 3) for k in ("backend", "postgres", "redis", "client", "other")]
-                    + [_f(dig(r, "round", "cores_busy"), 2), str((r.get("errors") or 0) + (r.get("warmup_errors") or 0))])
+                    + [_f(dig(r, "round", "cores_busy"), 2),
+                       str((r.get("errors") or 0) + (r.get("warmup_errors") or 0))])
     lite = reps.get("sqlite")
     if lite:
         rows.append(["SQLite gateway (above)", _f(lite.get("requests_per_s"), 0), "-",
