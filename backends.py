@@ -370,8 +370,8 @@ class Registry:
         ``slots_unavailable`` when Redis cannot be asked (never taken for a free slot)."""
         slots, limit = self.slots, self.settings.max_concurrent_connections
         pairs = [(ep.url, name) for ep, name in cands]
-        try:
-            used = await slots.counts(pairs)
+        try:  # one candidate needs no ranking: the acquire alone says whether it has room
+            used = await slots.counts(pairs) if len(pairs) > 1 else {pairs[0]: 0}
             ranked = sorted(((ep.reachable is False, name not in ep.loaded, used[pair], order), pair)
                             for order, ((ep, name), pair) in enumerate(zip(cands, pairs)) if used[pair] < limit)
             for _, pair in ranked:
@@ -430,7 +430,7 @@ class Registry:
         else:
             self.usage.pop(key, None)
         if self.slots is not None:
-            await self.slots.release(key)
+            await self.slots.release(key, limit=self.settings.max_concurrent_connections)
         await self._wake()
 
     def mark_unreachable(self, endpoint: str, detail: str) -> None:

@@ -158,6 +158,13 @@ def _row_dict(row: asyncpg.Record) -> dict:
             "request": orjson.loads(row[9]) if row[9] else None, "replica": row[10]}
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What a connection going back to the pool needs reset: nothing. The store leaves no session
+    state (its locks are transaction locks, it listens on connections of its own), so asyncpg's
+    default reset, a round trip per statement, is skipped; an open transaction is still rolled
+    back by the pool."""
+
+
 def _count(status: str) -> int:
     """The row count of a command tag (``UPDATE 3`` -> 3)."""
     return int(status.rsplit(" ", 1)[-1]) if status and status[-1].isdigit() else 0
@@ -202,8 +209,8 @@ class PostgresStore(PostgresConversations):
         schema (one replica at a time), register this replica. Raises RuntimeError for a schema
         newer than this gateway's, asyncpg/OS errors (TimeoutError included) when the server
         cannot be reached."""
-        self.pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size,
-                                              command_timeout=30, timeout=self._connect_timeout)
+        self.pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size, command_timeout=30,
+                                              timeout=self._connect_timeout, reset=_keep_session)
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)

@@ -80,6 +80,18 @@ end
 return lost
 """
 
+# KEYS[1] the pair's set, KEYS[2] the wake channel; ARGV token, limit (0: unknown). The token is
+# removed; the release is published only when the pair was full (nobody waits for a pair with
+# room, so replicas are not woken for nothing).
+_RELEASE = _PRELUDE + """
+local key, token, limit = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local full = limit == 0 or redis.call('ZCOUNT', key, '(' .. now, '+inf') >= limit
+if redis.call('ZREM', key, token) == 1 and full then
+  redis.call('PUBLISH', KEYS[2], key)
+end
+return 0
+"""
+
 # KEYS the pairs' sets: how many live (unexpired) members each has.
 _COUNTS = _PRELUDE + """
 local out = {}
@@ -133,6 +145,7 @@ class SharedSlots:
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._renew = self._redis.register_script(_RENEW)
         self._counts = self._redis.register_script(_COUNTS)
+        self._release = self._redis.register_script(_RELEASE)
         self._held: dict[Pair, list[str]] = {}
         self._pending: set[asyncio.Task] = set()
         self._tasks: list[asyncio.Task] = []
@@ -204,9 +217,10 @@ class SharedSlots:
         self._held.setdefault(pair, []).append(token)
         return token
 
-    async def release(self, pair: Pair, token: str | None = None) -> None:
+    async def release(self, pair: Pair, token: str | None = None, limit: int = 0) -> None:
         """Give back the slot ``token`` of ``pair`` (None: any one this replica holds of
-        ``pair``; none held: nothing happens) and wake the waiters of every replica.
+        ``pair``; none held: nothing happens) and wake the waiters of every replica: only when
+        the pair was full at its ``limit`` (0: always), since nobody waits for a pair with room.
 
         Never raises for Redis errors (logged): the slot then comes back when its lease runs
         out, since this replica renews it no more. A cancelled caller still gives it back.
@@ -219,7 +233,14 @@ class SharedSlots:
         tokens.remove(token)
         if not tokens:
             del self._held[pair]
-        await asyncio.shield(self._spawn(self._remove([(pair, token)])))
+        await asyncio.shield(self._spawn(self._give_back(pair, token, limit)))
+
+    async def _give_back(self, pair: Pair, token: str, limit: int) -> None:
+        try:
+            await self._release(keys=[self.key(pair), self.channel], args=[token, limit])
+        except (RedisError, OSError) as exc:
+            log.warning("a slot was not given back (%s); its lease runs out in %g s", self._unavailable(exc),
+                        self.lease)
 
     async def counts(self, pairs: list[Pair]) -> dict[Pair, int]:
         """The slots held now by all replicas together, of each of ``pairs`` (one round trip).

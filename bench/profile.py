@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.backend import run
 from bench.client import Target
 from bench.load import Side, run_requests
-from bench.procs import make_workdir, raise_fd_limit, start_backend, start_gateway
+from bench.procs import launch_gateway, make_workdir, raise_fd_limit, start_backend, wait_gateway
 from bench.report import table
 from bench.suite import PRESETS, Context, Runner
 from bench.workloads import basic_workloads, chain_workload
@@ -29,6 +29,7 @@ from bench.workloads import basic_workloads, chain_workload
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Top-level files and folders of the gateway itself (the rest is libraries).
 GATEWAY_CODE = ("router.py", "preflight.py", "api/", "engine/", "requests/", "backends.py", "chat_client.py", "db.py",
+                "db_conversations.py", "db_postgres.py", "db_postgres_conversations.py", "store.py", "slots.py",
                 "cache.py", "config.py", "errors.py", "metrics.py")
 
 
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="let py-spy pause the gateway per sample (more exact stacks, but threads blocked in a "
                         "wait are then counted as busy)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
+    p.add_argument("--store-url", help="the gateway's store_url (postgresql://...; its schema must exist)")
+    p.add_argument("--redis-url", help="the gateway's redis_url")
     args = p.parse_args(argv)
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
@@ -145,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     raise_fd_limit()
     workdir = make_workdir()
     backend, bport = start_backend(workdir, 16, 50.0)
+    settings = {key: value for key, value in (("store_url", args.store_url), ("redis_url", args.redis_url)) if value}
     try:
-        gateway, gport = start_gateway(workdir, bport)
+        gateway, gport = launch_gateway(workdir, bport, settings=settings)
+        run(wait_gateway(gateway, gport))
     except Exception:
         backend.stop()
         raise
