@@ -284,27 +284,26 @@ class PostgresStore(PostgresConversations):
         a final state also tells followers on every replica (:data:`EVENTS_CHANNEL`)."""
         outputs = response.get("output") or []
         outputs_json = orjson.dumps(outputs)
-        sql = ("UPDATE responses SET status = $1, response = $2, output_items = $3, output_item_ids = $4,"
-               " updated_at = $5, output_bytes = $6, output_count = $7, replica = $9 WHERE id = $8")
-        if only_if_active:
-            sql += " AND status IN ('queued', 'in_progress')"
-        async with self.pool.acquire() as conn, conn.transaction():
-            changed = _count(await conn.execute(sql, response["status"], _dumps(response), outputs_json.decode(),
-                                                _ids(outputs), time.time(), len(outputs_json), len(outputs), id,
-                                                self.replica))
-            if changed and response["status"] not in ACTIVE:
-                await conn.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL, id)
+        where = " AND status IN ('queued', 'in_progress')" if only_if_active else ""
+        # One statement: the notification goes out with the update's commit, only if it changed a row.
+        sql = ("WITH changed AS (UPDATE responses SET status = $1, response = $2, output_items = $3,"
+               " output_item_ids = $4, updated_at = $5, output_bytes = $6, output_count = $7, replica = $9"
+               f" WHERE id = $8{where} RETURNING id)"
+               " SELECT count(*), max(CASE WHEN $10::boolean THEN pg_notify($11, id)::text END) FROM changed")
+        changed, _ = await self.pool.fetchrow(
+            sql, response["status"], _dumps(response), outputs_json.decode(), _ids(outputs), time.time(),
+            len(outputs_json), len(outputs), id, self.replica, response["status"] not in ACTIVE, EVENTS_CHANNEL)
         return changed > 0
 
     async def append_events(self, id: str, events: list[dict]) -> None:
-        """Store stream events of a response and tell followers on every replica."""
+        """Store stream events of a response and tell followers on every replica (one statement)."""
         if not events:
             return
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.executemany(
-                "INSERT INTO response_events VALUES ($1, $2, $3) ON CONFLICT (response_id, sequence_number)"
-                " DO UPDATE SET event = EXCLUDED.event", [(id, e["sequence_number"], _dumps(e)) for e in events])
-            await conn.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL, id)
+        await self.pool.execute(
+            "WITH stored AS (INSERT INTO response_events SELECT $1, n, e FROM unnest($2::integer[], $3::text[])"
+            " AS batch(n, e) ON CONFLICT (response_id, sequence_number) DO UPDATE SET event = EXCLUDED.event"
+            " RETURNING 1) SELECT pg_notify($4, $1) WHERE EXISTS (SELECT 1 FROM stored)",
+            id, [e["sequence_number"] for e in events], [_dumps(e) for e in events], EVENTS_CHANNEL)
 
     async def delete_response(self, id: str, owner: str | None = None) -> bool:
         """Delete a response and its events; False when not found for ``owner``."""
