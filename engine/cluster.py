@@ -71,6 +71,7 @@ class Cluster:
         self._listener = await self.store.listen({EVENTS_CHANNEL: self._changed, CANCEL_CHANNEL: self._cancel_here})
 
     async def _keep_lease(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self.lease / 5)
             try:
@@ -84,7 +85,14 @@ class Cluster:
                     self._wake_all()  # what was sent while it was down is read from the store
                 await self.sweep()
             except Exception as exc:  # the store is down now: tried again next beat
-                log.warning("replica lease: the store did not answer: %s: %s", type(exc).__name__, exc)
+                if not failing:
+                    log.warning("replica lease: the store does not answer (tried again every %g s): %s: %s",
+                                self.lease / 5, type(exc).__name__, exc)
+                failing = True
+                continue
+            if failing:
+                log.info("replica lease: the store answers again")
+            failing = False
 
     async def sweep(self) -> None:
         """Take over every replica whose lease ran out; run the queued responses adopted."""
