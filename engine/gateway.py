@@ -140,7 +140,7 @@ class Gateway:
 
         self.retrying[response_id] = asyncio.get_running_loop().create_task(retry(), name=f"store {response_id}")
 
-    def waiter(self):
+    def waiter(self) -> Callable[[str], Any] | None:
         """What wakes followers of stored events (``engine.eventlog.follow_stored``): the
         cluster's notifications on a shared store, else nothing (they poll)."""
         return self.cluster.waiter if self.cluster is not None else None
@@ -148,7 +148,7 @@ class Gateway:
     async def cancel_elsewhere(self, row: dict) -> None:
         """Cancel ``row``'s response, which no job of this process runs: the replica that runs it
         stops it (a shared store), else (it has none, or that replica is gone or does not answer
-        within twice the lease) it is stored ``cancelled`` here."""
+        within twice the lease and 5 s) it is stored ``cancelled`` here."""
         if self.cluster is not None and await self.cluster.cancel(row, 2 * self.settings.replica_lease + 5):
             return
         response = dict(row["response"] or {"id": row["id"], "object": "response", "output": []})
@@ -187,9 +187,10 @@ def _file_settings(settings: Settings) -> tuple[list[str], int, float]:
 
 
 #: Settings a running gateway keeps until it restarts (from ``header_timeout`` on: the HTTP server's).
-RESTART_ONLY = ("db_path", "store_url", "redis_url", "cache_redis_url", "replica_lease", "cache_enabled", "cache_backend", "cache_db_path", "cache_ttl", "cache_max_entries",
-                "reasoning_encryption_key", "header_timeout", "max_connections", "keep_alive_timeout",
-                "websocket_ping_interval", "websocket_ping_timeout")
+RESTART_ONLY = ("db_path", "store_url", "redis_url", "cache_redis_url", "replica_lease", "cache_enabled",
+                "cache_backend", "cache_db_path", "cache_ttl", "cache_max_entries", "reasoning_encryption_key",
+                "header_timeout", "max_connections", "keep_alive_timeout", "websocket_ping_interval",
+                "websocket_ping_timeout")
 
 
 class StartupError(RuntimeError):
