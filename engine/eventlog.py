@@ -154,18 +154,20 @@ async def follow_stored(store: Any, response_id: str, after: int = -1,
 async def _ending(store: Any, row: dict, after: int, looks: int) -> list[Event] | None:
     """What a follower still gets of a response that ended: its whole replay (no log), nothing
     (it has seen the terminal event), its terminal event (the log stops short, after a few
-    looks), or None (look again)."""
+    looks), or None (look again: events came meanwhile, or the terminal one may yet)."""
     response = row["response"]
     seen = await store.get_events(row["id"], max(after - 1, -1))
     if not seen:
         if response is None:
             return []
         return [e for e in response_to_events(response, queued=row["background"]) if e["sequence_number"] > after]
+    if seen[-1]["sequence_number"] > after:
+        return None  # stored since the follower last looked: the loop reads them
     if seen[-1]["type"] in TERMINAL_TYPES:
         return []
     if looks < _TERMINAL_LOOKS or response is None:
         return None if response is not None else []
-    terminal = response_to_events(response, queued=row["background"])[-1]
+    terminal = list(response_to_events(response, queued=row["background"]))[-1]
     return [{**terminal, "sequence_number": seen[-1]["sequence_number"] + 1}]
 
 
