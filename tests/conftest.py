@@ -61,6 +61,14 @@ async def client(config_path):
 
 
 @pytest.fixture
+def ollama():
+    """An Ollama-protocol server (``tests.e2e.ollama_server``) on 127.0.0.1 serving ``tiny:latest``."""
+    from tests.e2e.ollama_server import OllamaTestServer
+    with OllamaTestServer(models=["tiny:latest"], loaded=["tiny:latest"]) as server:
+        yield server
+
+
+@pytest.fixture
 def gateway_factory(config_path):
     """``async with gateway_factory(**settings) as http``: the app with these config keys
     (merged over the temporary store's) and its client."""

@@ -11,17 +11,11 @@ import pytest
 import router
 from openai.types.responses import Response
 
-from tests.e2e.ollama_server import DEFAULT_TEXT, THINK_TEXT, OllamaTestServer
+from tests.e2e.ollama_server import DEFAULT_TEXT, THINK_TEXT
 from tests.reliability.helpers import IDLE
 
 TOOLS = [{"type": "function", "name": "get_weather", "description": "weather of a city",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
-
-
-@pytest.fixture
-def ollama():
-    with OllamaTestServer(models=["tiny:latest"], loaded=["tiny:latest"]) as server:
-        yield server
 
 
 @pytest.fixture

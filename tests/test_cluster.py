@@ -5,19 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 
 import router
 from db_postgres import PostgresStore
 from engine.eventlog import closing_events
 from tests.reliability.helpers import assert_openai_error
-from tests.e2e.ollama_server import OllamaTestServer
-
-
-@pytest.fixture
-def ollama():
-    with OllamaTestServer(models=["tiny:latest"], loaded=["tiny:latest"]) as server:
-        yield server
 
 
 async def _wait(check, timeout: float = 30.0):

@@ -11,7 +11,7 @@ from openai.types.responses import CompactedResponse, ResponseCompactionItem, Re
 import router
 from engine.turn import SUMMARY_HEADING, SUMMARY_PROMPT
 from tests.conformance import assert_openai_error, assert_spec, check_response, check_stream, parse_sse
-from tests.e2e.ollama_server import DEFAULT_TEXT, OllamaTestServer
+from tests.e2e.ollama_server import DEFAULT_TEXT
 
 HISTORY = [
     {"role": "user", "content": "I am planning a trip to Lisbon."},
@@ -20,12 +20,6 @@ HISTORY = [
     {"type": "function_call_output", "call_id": "call_1", "output": "sunny, 22 C"},
     {"role": "user", "content": "Book nothing yet."},
 ]
-
-
-@pytest.fixture
-def ollama():
-    with OllamaTestServer(models=["tiny:latest"], loaded=["tiny:latest"]) as server:
-        yield server
 
 
 @pytest.fixture

@@ -17,15 +17,9 @@ from pydantic import TypeAdapter
 
 import router
 from tests.conformance import assert_openai_error, check_response
-from tests.e2e.ollama_server import DEFAULT_TEXT, OllamaTestServer
+from tests.e2e.ollama_server import DEFAULT_TEXT
 
 _ITEM = TypeAdapter(ConversationItem)
-
-
-@pytest.fixture
-def ollama():
-    with OllamaTestServer(models=["tiny:latest"], loaded=["tiny:latest"]) as server:
-        yield server
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.conformance import Backend, assert_openai_error, file_data_url
-from tests.e2e.ollama_server import OllamaTestServer
 
 
 def make_pdf(*pages: str) -> bytes:
@@ -80,12 +79,6 @@ class FileServer:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
-
-
-@pytest.fixture
-def ollama():
-    with OllamaTestServer(models=["tiny:latest"], loaded=["tiny:latest"]) as server:
-        yield server
 
 
 @pytest.fixture

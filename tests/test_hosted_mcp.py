@@ -9,19 +9,13 @@ from __future__ import annotations
 import pytest
 
 from tests.conformance import assert_openai_error, check_response, check_stream, parse_sse
-from tests.e2e.ollama_server import TOOL_RESULT_PREFIX, OllamaTestServer
+from tests.e2e.ollama_server import TOOL_RESULT_PREFIX
 from tests.mcp_server import McpTestServer
 
 
 @pytest.fixture(scope="module")
 def mcp_server():
     with McpTestServer() as server:
-        yield server
-
-
-@pytest.fixture
-def ollama():
-    with OllamaTestServer(models=["tiny:latest"], loaded=["tiny:latest"]) as server:
         yield server
 
 
