@@ -440,10 +440,20 @@ class Registry:
             ep.reachable, ep.last_error = False, detail
 
     # clients -----------------------------------------------------------------
-    def client(self, endpoint: str) -> ChatClient | openai.AsyncOpenAI:
+    def forwarder(self, endpoint: str) -> ChatClient:
+        """The pooled :class:`ChatClient` of ``endpoint`` for the OpenAI routes passed through as
+        they are (``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``): the
+        endpoint's own client, or for a native endpoint one of its own beside the SDK's."""
+        ep = self.endpoints.get(endpoint)
+        if ep is None or not ep.native:
+            return self.client(endpoint)
+        return self.client(endpoint, chat=True)
+
+    def client(self, endpoint: str, *, chat: bool = False) -> ChatClient | openai.AsyncOpenAI:
         """The one pooled client of ``endpoint`` (made on first use): an ``openai.AsyncOpenAI``
-        for a native endpoint (an upstream Responses API), else a :class:`ChatClient`."""
-        client = self._clients.get(endpoint)
+        for a native endpoint (an upstream Responses API), else (or with ``chat``) a :class:`ChatClient`."""
+        name = f"{endpoint} chat" if chat else endpoint
+        client = self._clients.get(name)
         if client is None:
             ep = self.endpoints.get(endpoint)
             base = ep.base_url if ep else endpoint
@@ -451,7 +461,7 @@ class Registry:
             # Keep-alive for at least as many connections as may be in flight to one
             # endpoint, so a busy endpoint's connections are reused, not reopened.
             keepalive = max(100, 4 * self.settings.max_concurrent_connections)
-            if ep is not None and ep.native:
+            if ep is not None and ep.native and not chat:
                 client = openai.AsyncOpenAI(
                     base_url=base, api_key=key or "nomyo-router", max_retries=0,
                     timeout=openai.Timeout(self.settings.request_timeout, connect=self.settings.connect_timeout),
@@ -463,7 +473,7 @@ class Registry:
                                     read_timeout=self.settings.request_timeout,
                                     max_connections=max(1000, keepalive),
                                     max_answer_bytes=self.settings.max_upstream_bytes)
-            self._clients[endpoint] = client
+            self._clients[name] = client
         return client
 
 

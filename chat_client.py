@@ -202,8 +202,11 @@ class ChatClient:
                                               auto_decompress=True)
         return self._session
 
-    async def post(self, body: bytes, *, stream: bool) -> dict | ChatStream:
-        """Send one Chat Completions request ``body`` (JSON bytes).
+    async def post(self, body: bytes, *, stream: bool, path: str = "chat/completions",
+                   expect: str = "choices") -> dict | ChatStream:
+        """Send one Chat Completions request ``body`` (JSON bytes), or one of another route of the
+        same API (``path`` under the base: ``completions``, ``embeddings``; its answer must have
+        the list ``expect``).
 
         Returns the answer as a dict (usage normalized), or the open
         :class:`ChatStream` with ``stream``. Raises :class:`ConnectFailed`,
@@ -211,8 +214,9 @@ class ChatClient:
         :class:`errors.APIError` (see :func:`upstream_error`).
         """
         session = self._session or self._open_session()
+        url = self.url if path == "chat/completions" else f"{self.base_url}/{path}"
         try:
-            response = await session.post(self.url, data=body, headers=self.headers)
+            response = await session.post(url, data=body, headers=self.headers)
         except TimeoutError as exc:
             raise BackendTimeout(str(exc) or "the backend did not answer in time") from exc
         except (aiohttp.ClientConnectionError, OSError) as exc:
@@ -237,10 +241,10 @@ class ChatClient:
             raise self._bad("the answer is not JSON") from None
         if not isinstance(data, dict):
             raise self._bad("the answer is not a JSON object")
-        if not isinstance(data.get("choices"), list):
+        if not isinstance(data.get(expect), list):
             err = data.get("error")
             detail = err.get("message") if isinstance(err, dict) else err
-            raise self._bad(f"it answered 200 with an error: {detail}" if err else "the answer has no choices")
+            raise self._bad(f"it answered 200 with an error: {detail}" if err else f"the answer has no {expect}")
         return _normalize_usage(data) if "usage" in data else data
 
     async def _read_bounded(self, response: aiohttp.ClientResponse) -> bytes:

@@ -188,6 +188,12 @@ class _Stream:
             server._leave()
 
 
+def embedding_of(text: str, dimensions: int = 8) -> list[float]:
+    """A stand-in embedding of ``text``: ``dimensions`` numbers in [0, 1) from its SHA-256."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [digest[n] / 256 for n in range(dimensions)]
+
+
 def _model_entry(name: str) -> dict:
     """Describe one model the way ``/api/tags`` does, derived deterministically from its name."""
     tag = name.rsplit(":", 1)[-1]
@@ -402,6 +408,35 @@ class OllamaTestServer:
         async def openai_chat(request: Request) -> Response | _Stream:
             return await self._chat(request, native=False)
 
+        async def openai_embeddings(request: Request) -> Response:
+            body = orjson.loads(await request.body())
+            self.requests.append(body)
+            if self._resolve(body.get("model")) is None:
+                return _openai_error(404, f'model "{body.get("model")}" not found, try pulling it first')
+            texts = body.get("input") if isinstance(body.get("input"), list) else [body.get("input")]
+            return _json({"object": "list", "model": body["model"], "usage": {"prompt_tokens": len(texts),
+                                                                              "total_tokens": len(texts)},
+                          "data": [{"object": "embedding", "index": n, "embedding": embedding_of(str(text))}
+                                   for n, text in enumerate(texts)]})
+
+        async def openai_completions(request: Request) -> Response | _Stream:
+            body = orjson.loads(await request.body())
+            self.requests.append(body)
+            if self._resolve(body.get("model")) is None:
+                return _openai_error(404, f'model "{body.get("model")}" not found, try pulling it first')
+            base = {"id": "cmpl-1", "object": "text_completion", "created": int(time.time()), "model": body["model"]}
+            pieces = _pieces(DEFAULT_TEXT)
+            if not body.get("stream"):
+                return _json({**base, "choices": [{"index": 0, "text": DEFAULT_TEXT, "finish_reason": "stop",
+                                                   "logprobs": None}],
+                              "usage": {"prompt_tokens": 1, "completion_tokens": len(pieces), "total_tokens": 1 + len(pieces)}})
+            self.in_flight += 1
+            frames = [b"data: " + orjson.dumps({**base, "choices": [{"index": 0, "text": p, "finish_reason": None}]})
+                      + b"\n\n" for p in pieces]
+            frames.append(b"data: " + orjson.dumps({**base, "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]})
+                          + b"\n\ndata: [DONE]\n\n")
+            return _Stream(self, frames, "text/event-stream")
+
         async def native_chat(request: Request) -> Response | _Stream:
             return await self._chat(request, native=True)
 
@@ -414,6 +449,8 @@ class OllamaTestServer:
             Route("/v1/models", reply_with(lambda: {"object": "list", "data": list(map(openai_model, self.models))})),
             Route("/v1/models/{model:path}", get_model),
             Route("/v1/chat/completions", openai_chat, methods=["POST"]),
+            Route("/v1/completions", openai_completions, methods=["POST"]),
+            Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
             Route("/_test/stats", reply_with(self.stats)),
         ])
 

@@ -1,0 +1,60 @@
+"""HTTP routes of OpenAI's API beside the Responses API: ``/v1/chat/completions``,
+``/v1/completions``, ``/v1/embeddings`` (passed through, ``engine.passthrough``) and
+``/v1/models/{model}``.
+
+Parse, call, shape the reply; a client that leaves while the endpoint thinks cancels the
+call (and its slot), a streamed one closes the upstream stream.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from api.common import gateway_of, json_response, parse_json
+from api.responses import _unless_client_leaves
+from api.sse import EventStreamResponse
+from engine.passthrough import forward
+from errors import APIError
+
+router = APIRouter()
+
+
+async def _pass(request: Request, path: str) -> Response:
+    body = await parse_json(request)
+    if not isinstance(body, dict):
+        raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
+    forwarded = await _unless_client_leaves(request, forward(gateway_of(request), path, body))
+    if forwarded.stream is not None:
+        return EventStreamResponse(forwarded.stream)
+    return json_response(forwarded.body)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    """OpenAI ``POST /v1/chat/completions``, passed through to an endpoint of the model."""
+    return await _pass(request, "chat/completions")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    """OpenAI ``POST /v1/completions`` (legacy text completions), passed through."""
+    return await _pass(request, "completions")
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request) -> Response:
+    """OpenAI ``POST /v1/embeddings``, passed through to an endpoint of the model."""
+    return await _pass(request, "embeddings")
+
+
+@router.get("/v1/models/{model:path}")
+async def retrieve_model(request: Request, model: str) -> Response:
+    """OpenAI ``GET /v1/models/{model}``: a model a reachable endpoint serves (or an alias of
+    one), else 404 ``model_not_found``."""
+    if model not in gateway_of(request).registry.models():
+        raise APIError(404, f"The model '{model}' does not exist or is not served by any endpoint.",
+                       param="model", code="model_not_found")
+    return json_response({"id": model, "object": "model", "created": int(time.time()), "owned_by": "nomyo-router"})
