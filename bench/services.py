@@ -13,21 +13,13 @@ The server's own background processes (WAL writer, checkpointer ...) are not cou
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from bench.procs import cpu_seconds
+from slots import safe_redis_url as safe_url  # noqa: F401  (any URL: its password hidden)
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _LOCAL = ("", "127.0.0.1", "localhost", "::1")
-
-
-def safe_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def with_settings(url: str, **settings: str) -> str:
