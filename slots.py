@@ -116,12 +116,20 @@ def safe_redis_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+#: Connections one client keeps to Redis at most; a command finding all busy waits for one.
+REDIS_CONNECTIONS = 64
+
+
 def redis_client(url: str, timeout: float) -> aioredis.Redis:
     """A ``redis.asyncio`` client of ``url`` whose every command (its connecting included) takes
     at most ``timeout`` seconds, tried at most twice: an unreachable Redis is known at once,
-    not after redis-py's default ten retries."""
-    return aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                   retry=Retry(NoBackoff(), 1))
+    not after redis-py's default ten retries. At most :data:`REDIS_CONNECTIONS` connections;
+    a command waits (within ``timeout``) for a free one rather than failing, as redis-py's
+    default pool does past its 100."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=REDIS_CONNECTIONS, timeout=timeout, socket_timeout=timeout,
+        socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1))
+    return aioredis.Redis.from_pool(pool)
 
 
 class SharedSlots:

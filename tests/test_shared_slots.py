@@ -240,3 +240,21 @@ async def test_shared_slots_api(redis_prefix):
     finally:
         await one.close()
         await two.close()
+
+
+async def test_many_requests_at_once_wait_for_a_redis_connection_instead_of_failing(redis_prefix):
+    """More requests at once than the client has connections to Redis: they take turns (a
+    pool that refused past its size answered 503 slots_unavailable under load)."""
+    slots = SharedSlots(REDIS, lease=5, prefix=redis_prefix)
+    await slots.start()
+    pair = (A, "tiny")
+
+    async def one() -> None:
+        token = await slots.acquire(pair, 10_000)
+        assert token is not None
+        await slots.release(pair, token, limit=10_000)
+    try:
+        await asyncio.gather(*(one() for _ in range(400)))
+        assert await slots.counts([pair]) == {pair: 0}
+    finally:
+        await slots.close()
