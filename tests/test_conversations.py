@@ -212,7 +212,13 @@ async def test_a_background_turn_appends_when_it_finishes(gw, ollama):
             break
         await asyncio.sleep(0.02)
     assert got["status"] == "completed" and got["conversation"] == {"id": made["id"]}
-    listed = (await gw.get(f"/v1/conversations/{made['id']}/items", params={"order": "asc"})).json()
+    # The items are appended just after the final state is stored (two writes, not one: a reader
+    # may come between them), so the conversation is read until they are there.
+    for _ in range(500):
+        listed = (await gw.get(f"/v1/conversations/{made['id']}/items", params={"order": "asc"})).json()
+        if listed["data"]:
+            break
+        await asyncio.sleep(0.02)
     assert texts(listed["data"]) == ["later", DEFAULT_TEXT]
 
 
