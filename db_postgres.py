@@ -137,6 +137,13 @@ ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner, previous_response_id = EX
     output_count = EXCLUDED.output_count, replica = EXCLUDED.replica
 """
 
+#: Responses that cannot end by themselves any more (running, or queued but not to be run again)
+#: whose ``{runner}`` condition holds, locked, with the last sequence number of their event log.
+_UNFINISHED_SQL = (
+    "SELECT r.id, r.response, (SELECT max(sequence_number) FROM response_events e WHERE e.response_id = r.id)"
+    " FROM responses r WHERE (r.status = 'in_progress' OR (r.status = 'queued' AND (NOT r.background"
+    " OR r.request IS NULL))) AND (r.replica IS NULL OR {runner}) FOR UPDATE OF r")
+
 #: Replicas whose lease ($1 seconds) is still good.
 _LIVE = "SELECT id FROM replicas WHERE seen_at >= clock_timestamp() - make_interval(secs => $1)"
 
@@ -365,10 +372,7 @@ class PostgresStore(PostgresConversations):
                 lease)]
             live = f"NOT IN ({_LIVE})"
             rows = await conn.fetch(
-                "SELECT r.id, r.response, (SELECT max(sequence_number) FROM response_events e"
-                " WHERE e.response_id = r.id) FROM responses r WHERE (r.status = 'in_progress' OR (r.status ="
-                " 'queued' AND (NOT r.background OR r.request IS NULL))) AND (r.replica IS NULL OR r.replica"
-                f" {live}) FOR UPDATE OF r", lease)
+                _UNFINISHED_SQL.format(runner=f"r.replica {live}"), lease)
             failed = await self._fail_rows(conn, rows, closing)
             adopted = [_row_dict(row) for row in await conn.fetch(
                 f"UPDATE responses SET replica = $2 WHERE status = 'queued' AND background AND request IS NOT NULL"
@@ -392,10 +396,7 @@ class PostgresStore(PostgresConversations):
         Returns how many rows changed."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT r.id, r.response, (SELECT max(sequence_number) FROM response_events e"
-                " WHERE e.response_id = r.id) FROM responses r WHERE (r.status = 'in_progress' OR (r.status ="
-                " 'queued' AND (NOT r.background OR r.request IS NULL))) AND (r.replica IS NULL OR r.replica = $2"
-                f" OR r.replica NOT IN ({_LIVE})) FOR UPDATE OF r", lease, self.replica)
+                _UNFINISHED_SQL.format(runner=f"r.replica = $2 OR r.replica NOT IN ({_LIVE})"), lease, self.replica)
             return len(await self._fail_rows(conn, rows, closing or (lambda failed, last: [])))
 
     async def _fail_rows(self, conn: asyncpg.Connection, rows: list, closing: Callable[[dict, int], list[dict]]
