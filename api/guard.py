@@ -32,7 +32,14 @@ __all__ = ["GatewayMiddleware", "PUBLIC_PATHS", "ADMIN_PATHS"]
 PUBLIC_PATHS = frozenset({"/health/live"})
 #: Paths that show the whole gateway (endpoints, every tenant's activity): the admin key only,
 #: once ``admin_api_key`` is set.
-ADMIN_PATHS = frozenset({"/health", "/api/usage", "/v1/usage", "/metrics"})
+ADMIN_PATHS = frozenset({"/health", "/api/usage", "/v1/usage", "/metrics",
+                         # the dashboard and what it reads
+                         "/", "/dashboard", "/api/usage-stream", "/api/config", "/api/ps_details",
+                         # token statistics and the cache, every tenant's
+                         "/api/token_counts", "/api/stats", "/api/aggregate_time_series_days",
+                         "/api/cache/stats", "/api/cache/invalidate",
+                         # model management, on every Ollama endpoint
+                         "/api/pull", "/api/push", "/api/delete", "/api/copy", "/api/create"})
 #: Host names that always mean this machine.
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 

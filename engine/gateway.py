@@ -24,6 +24,7 @@ from engine.cluster import Cluster
 from engine.eventlog import closing_events
 from engine.files import FileFetcher
 from engine.jobs import JobManager
+from engine.token_stats import TokenStats
 from engine.turn import ChainBounds
 from engine.upstream import BackendCalls
 from logs import configure_logging
@@ -59,6 +60,8 @@ class Gateway:
     sockets: set = field(init=False, default_factory=set)
     #: This replica among the others (a shared store), else None.
     cluster: Cluster | None = field(init=False, default=None)
+    #: Prompt and completion tokens per endpoint and model (``engine.token_stats``).
+    token_stats: TokenStats = field(init=False, default_factory=TokenStats)
 
     def __post_init__(self) -> None:
         self.jobs = JobManager(self)
