@@ -13,7 +13,7 @@ import time
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from api.common import gateway_of, json_response, parse_json
+from api.common import gateway_of, json_response, owner_of, parse_json
 from api.responses import _unless_client_leaves
 from api.sse import EventStreamResponse
 from engine.passthrough import forward
@@ -26,7 +26,7 @@ async def _pass(request: Request, path: str) -> Response:
     body = await parse_json(request)
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
-    forwarded = await _unless_client_leaves(request, forward(gateway_of(request), path, body))
+    forwarded = await _unless_client_leaves(request, forward(gateway_of(request), path, body, owner_of(request)))
     if forwarded.stream is not None:
         return EventStreamResponse(forwarded.stream)
     return json_response(forwarded.body)

@@ -8,6 +8,11 @@ endpoint knows it by; ``model_aliases`` apply). The answer comes back as the end
 it; a stream is relayed chunk by chunk in OpenAI's SSE form and its slot is held until it
 ends or the client leaves (which closes the upstream stream). Every endpoint kind speaks
 these routes: Ollama and llama.cpp's server in their OpenAI-compatible API, vLLM, OpenAI.
+
+Each answer's usage is counted in the token statistics (``gateway.token_stats``) and the
+request log; a stream is asked for its usage chunk (``stream_options.include_usage``) even
+when the client did not ask, and that chunk is then kept from the client. Chat and text
+completions may be answered from the LLM cache (``engine.passthrough_cache``).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import orjson
 
 from backends import BackendUnavailable
 from chat_client import ChatStream, ConnectFailed
+from engine.passthrough_cache import Lookup, StreamAssembler, lookup, replay
 from errors import APIError
 from logs import note
 from metrics import BACKEND_ERRORS
@@ -53,21 +59,33 @@ def _model_of(body: dict, path: str) -> str:
     return model
 
 
-async def forward(gateway: Gateway, path: str, body: dict) -> Forwarded:
-    """Send ``body`` to ``/v1/<path>`` of an endpoint serving its ``model`` (see the module).
+async def forward(gateway: Gateway, path: str, body: dict, owner: str | None = None) -> Forwarded:
+    """Send ``body`` to ``/v1/<path>`` of an endpoint serving its ``model`` (see the module);
+    ``owner`` is the tenant's tag (the cache keeps tenants apart).
 
-    Raises APIError: 400 without a ``model`` (or ``stream`` where the route has none), 404 for
-    a model no endpoint serves, 429 every endpoint busy, 502/504 backend faults, or the
-    endpoint's own error status and message. The slot is given back before any of them leaves.
+    Raises APIError: 400 without a ``model`` (or ``stream`` where the route has none, or a bad
+    ``nomyo``), 404 for a model no endpoint serves, 429 every endpoint busy, 502/504 backend
+    faults, or the endpoint's own error status and message. The slot is given back before any
+    of them leaves.
     """
     expect, streams = ROUTES[path]
     asked = _model_of(body, path)
     stream = body.get("stream") is True
     if stream and not streams:
         raise APIError(400, f"POST /v1/{path} does not stream.", param="stream", code="invalid_value")
-    registry, calls = gateway.registry, gateway.calls
-    model = gateway.settings.model_aliases.get(asked, asked)
     note(model=asked)
+    model = gateway.settings.model_aliases.get(asked, asked)
+    cached = await lookup(gateway, path, body, model, owner)
+    if cached.hit is not None:
+        note(cache="hit")
+        return Forwarded(stream=replay(path, cached.hit, body)) if stream else Forwarded(body=cached.hit)
+    if cached.asked:
+        note(cache="miss")
+    body = {key: value for key, value in body.items() if key != "nomyo"}
+    hide_usage = stream and not (body.get("stream_options") or {}).get("include_usage")
+    if hide_usage:
+        body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+    registry, calls = gateway.registry, gateway.calls
     excluded: set[str] = set()
     while True:
         endpoint, name = await calls.choose_endpoint(registry, model, excluded)
@@ -90,25 +108,46 @@ async def forward(gateway: Gateway, path: str, body: dict) -> Forwarded:
                 BACKEND_ERRORS.labels(endpoint, str(exc.status)).inc()
             raise
         if isinstance(answer, ChatStream):
-            return Forwarded(stream=_relay(answer, lambda: calls.decrement_usage(registry, endpoint, name)))
+            return Forwarded(stream=_relay(gateway, answer, (endpoint, name), path, cached, hide_usage))
         await calls.decrement_usage(registry, endpoint, name)
+        _count(gateway, endpoint, name, answer.get("usage"))
+        await cached.keep(answer)
         return Forwarded(body=answer)
 
 
-async def _relay(upstream: ChatStream, release) -> AsyncIterator[bytes]:
+def _count(gateway: Gateway, endpoint: str, model: str, usage: object) -> None:
+    """Count an answer's ``usage`` (OpenAI's ``prompt_tokens``/``completion_tokens``)."""
+    if not isinstance(usage, dict):
+        return
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    note(input_tokens=prompt, output_tokens=completion)
+    gateway.token_stats.record(endpoint, model, prompt, completion)
+
+
+async def _relay(gateway: Gateway, upstream: ChatStream, slot: tuple[str, str], path: str, cached: Lookup,
+                 hide_usage: bool) -> AsyncIterator[bytes]:
     """The upstream stream's chunks as SSE frames, then ``data: [DONE]``; a stream that breaks
-    ends with an ``error`` frame, as OpenAI's do. Closes the upstream and gives the slot back
-    however it ends."""
+    ends with an ``error`` frame, as OpenAI's do. The usage chunk is counted (and kept back
+    with ``hide_usage``); a stream that finished is offered to the cache. Closes the upstream
+    and gives the ``(endpoint, model)`` slot back however it ends."""
+    assembled = StreamAssembler(path)
     try:
         try:
             async for batch in upstream.batches():
-                yield b"".join(b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in batch)
+                for chunk in batch:
+                    assembled.add(chunk)
+                if hide_usage:
+                    batch = [chunk for chunk in batch if chunk.get("choices") or not chunk.get("usage")]
+                if batch:
+                    yield b"".join(b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in batch)
         except APIError as exc:
             log.warning("a passed-through stream broke: %s", exc.message)
             yield b"data: " + orjson.dumps({"error": {"message": exc.message, "type": exc.type,
                                                       "code": exc.code}}) + b"\n\n"
             return
+        _count(gateway, *slot, assembled.usage)
+        await cached.keep(assembled.answer())
         yield b"data: [DONE]\n\n"
     finally:
         await upstream.aclose()
-        await release()
+        await gateway.calls.decrement_usage(gateway.registry, *slot)

@@ -658,12 +658,12 @@ def assert_openai_error(r: Any, status: int) -> dict:
 
 # ── the openai SDK as the client ───────────────────────────────────────────────
 
-def sdk_client_for(app: Any) -> Any:
-    """An ``openai.AsyncOpenAI`` whose requests go to ``app`` in process."""
+def sdk_client_for(app: Any, api_key: str = "test-key") -> Any:
+    """An ``openai.AsyncOpenAI`` whose requests go to ``app`` in process, with ``api_key``."""
     import httpx
     import openai
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
-    return openai.AsyncOpenAI(base_url="http://gateway/v1", api_key="test-key", http_client=http, max_retries=0)
+    return openai.AsyncOpenAI(base_url="http://gateway/v1", api_key=api_key, http_client=http, max_retries=0)
 
 
 def _strip_parsed(value: Any) -> Any:

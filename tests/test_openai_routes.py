@@ -93,3 +93,95 @@ async def test_a_router_key_is_asked_for(gateway_factory, ollama):
         served = await http.post("/v1/chat/completions", headers={"Authorization": "Bearer sekrit"},
                                  json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}]})
         assert served.status_code == 200 and served.json()["choices"][0]["message"]["content"] == DEFAULT_TEXT
+
+
+async def test_usage_is_counted_per_endpoint_and_model(gw, ollama):
+    """A plain and a streamed chat completion are both counted under the endpoint and the
+    name it knows the model by; the stream is asked for its usage chunk, which the client,
+    who did not ask for it, never sees."""
+    stats = router.app.state.gateway.token_stats
+    client = sdk_client_for(router.app)
+    plain = await client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+    stream = await client.chat.completions.create(model="tiny", stream=True,
+                                                  messages=[{"role": "user", "content": "hi"}])
+    chunks = [chunk async for chunk in stream]
+    assert ollama.requests[-1]["stream_options"] == {"include_usage": True}
+    assert all(chunk.choices for chunk in chunks)                       # no usage-only chunk relayed
+    counted = stats.totals[(ollama.url, "tiny:latest")]
+    assert counted == [2 * plain.usage.prompt_tokens, 2 * plain.usage.completion_tokens]
+
+
+async def test_a_stream_that_asks_for_usage_gets_it(gw):
+    client = sdk_client_for(router.app)
+    stream = await client.chat.completions.create(model="tiny", stream=True, stream_options={"include_usage": True},
+                                                  messages=[{"role": "user", "content": "hi"}])
+    chunks = [chunk async for chunk in stream]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+
+
+@pytest.fixture
+async def cached(gateway_factory, ollama):
+    async with gateway_factory(endpoints=[ollama.url], cache_enabled=True,
+                               tenants={"a": {"keys": ["key-a"]}, "b": {"keys": ["key-b"]}}) as http:
+        yield http
+
+
+def _chat(text: str = "hi", **extra) -> dict:
+    return {"model": "tiny", "messages": [{"role": "user", "content": text}], "nomyo": {"cache": True}, **extra}
+
+
+async def test_the_cache_answers_a_repeated_chat_completion(cached, ollama):
+    key = {"Authorization": "Bearer key-a"}
+    first = await cached.post("/v1/chat/completions", json=_chat(), headers=key)
+    second = await cached.post("/v1/chat/completions", json=_chat(), headers=key)
+    assert first.status_code == second.status_code == 200
+    assert second.json()["choices"] == first.json()["choices"]
+    assert ollama.requests_total == 1 and "nomyo" not in ollama.requests[0]
+    other_text = await cached.post("/v1/chat/completions", json=_chat("other"), headers=key)
+    other_options = await cached.post("/v1/chat/completions", json=_chat(temperature=0.5), headers=key)
+    uncached = await cached.post("/v1/chat/completions", json={**_chat(), "nomyo": {"cache": False}}, headers=key)
+    assert [a.status_code for a in (other_text, other_options, uncached)] == [200, 200, 200]
+    assert ollama.requests_total == 4
+
+
+async def test_tenants_never_share_cached_answers(cached, ollama):
+    await cached.post("/v1/chat/completions", json=_chat(), headers={"Authorization": "Bearer key-a"})
+    await cached.post("/v1/chat/completions", json=_chat(), headers={"Authorization": "Bearer key-b"})
+    assert ollama.requests_total == 2
+
+
+async def test_a_streamed_answer_is_cached_and_replayed_as_a_stream(cached, ollama):
+    key = {"Authorization": "Bearer key-a"}
+    client = sdk_client_for(router.app, api_key="key-a")
+    stream = await client.chat.completions.create(model="tiny", stream=True, extra_body={"nomyo": {"cache": True}},
+                                                  messages=[{"role": "user", "content": "hi"}])
+    streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert streamed == DEFAULT_TEXT
+    plain = await cached.post("/v1/chat/completions", json=_chat(), headers=key)       # the stream's answer, whole
+    assert plain.json()["choices"][0]["message"]["content"] == DEFAULT_TEXT
+    again = await client.chat.completions.create(model="tiny", stream=True, extra_body={"nomyo": {"cache": True}},
+                                                 stream_options={"include_usage": True},
+                                                 messages=[{"role": "user", "content": "hi"}])
+    chunks = [c async for c in again]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == DEFAULT_TEXT
+    assert chunks[-2].choices[0].finish_reason == "stop" and chunks[-1].usage.completion_tokens > 0
+    assert ollama.requests_total == 1
+
+
+async def test_text_completions_are_cached_too(cached, ollama):
+    key = {"Authorization": "Bearer key-a"}
+    body = {"model": "tiny", "prompt": "hi", "nomyo": {"cache": True}}
+    answers = [await cached.post("/v1/completions", json=body, headers=key) for _ in range(2)]
+    assert answers[0].json()["choices"] == answers[1].json()["choices"]
+    cache = router.app.state.gateway.cache
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
+async def test_a_bad_nomyo_field_is_named(cached):
+    key = {"Authorization": "Bearer key-a"}
+    for nomyo in ({"cache": "yes"}, {"cache": True, "ttl": 5}, "cache"):
+        assert_openai_error(await cached.post("/v1/chat/completions", json={**_chat(), "nomyo": nomyo}, headers=key),
+                            400, "invalid_value")
+    assert_openai_error(await cached.post("/v1/embeddings", json={"model": "tiny", "input": "x",
+                                                                  "nomyo": {"cache": True}}, headers=key),
+                        400, "invalid_value")
