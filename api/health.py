@@ -56,14 +56,23 @@ async def health(request: Request) -> Response:
 @router.get("/v1/usage")
 async def usage(request: Request) -> Response:
     """Requests in flight per endpoint and model (usage slots taken now), requests waiting
-    for a slot per model, and background jobs."""
+    for a slot per model, and background jobs; and NOMYO Router's own two maps,
+    ``usage_counts`` (``{endpoint: {model: in flight}}``) and ``token_usage_counts``
+    (``{endpoint: {model: tokens}}``, prompt and completion, counted by this process)."""
     gateway = request.app.state.gateway
     rows = [{"endpoint": endpoint, "model": model, "in_flight": count}
             for (endpoint, model), count in sorted(gateway.registry.usage.items())]
     queued = [{"model": model, "queued": count} for model, count in sorted(gateway.registry.queued.items())]
+    usage_counts: dict[str, dict[str, int]] = {}
+    for row in rows:
+        usage_counts.setdefault(row["endpoint"], {})[row["model"]] = row["in_flight"]
+    token_usage_counts: dict[str, dict[str, int]] = {}
+    for (endpoint, model), (prompt, completion) in sorted(gateway.token_stats.totals.items()):
+        token_usage_counts.setdefault(endpoint, {})[model] = prompt + completion
     return _json({"in_flight": sum(r["in_flight"] for r in rows), "usage": rows,
                   "queued": sum(q["queued"] for q in queued), "queue": queued,
-                  "background_jobs": len(gateway.jobs.jobs)})
+                  "background_jobs": len(gateway.jobs.jobs),
+                  "usage_counts": usage_counts, "token_usage_counts": token_usage_counts})
 
 
 @router.get("/metrics")

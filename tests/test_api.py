@@ -12,7 +12,7 @@ import router
 from openai.types.responses import Response
 
 from tests.e2e.ollama_server import DEFAULT_TEXT, THINK_TEXT
-from tests.reliability.helpers import IDLE
+from tests.reliability.helpers import IDLE, usage
 
 TOOLS = [{"type": "function", "name": "get_weather", "description": "weather of a city",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
@@ -202,7 +202,7 @@ async def test_background_cancel_stops_upstream(gw, ollama):
     cancelled = (await gw.post(f"/v1/responses/{rid}/cancel")).json()
     assert cancelled["status"] == "cancelled"
     assert (await gw.get(f"/v1/responses/{rid}")).json()["status"] == "cancelled"
-    assert (await gw.get("/api/usage")).json() == IDLE
+    assert await usage(gw) == IDLE
 
 
 async def test_cancel_of_foreground_response_is_400(gw):

@@ -185,3 +185,22 @@ async def test_a_bad_nomyo_field_is_named(cached):
     assert_openai_error(await cached.post("/v1/embeddings", json={"model": "tiny", "input": "x",
                                                                   "nomyo": {"cache": True}}, headers=key),
                         400, "invalid_value")
+
+
+async def test_usage_shows_nomyo_routers_own_maps(gateway_factory, ollama):
+    """``/api/usage`` has NOMYO Router's ``usage_counts`` (in flight now) and
+    ``token_usage_counts`` (tokens served), per endpoint and model."""
+    ollama.first_byte_delay = 0.5
+    async with gateway_factory(endpoints=[ollama.url]) as http:
+        call = asyncio.ensure_future(http.post("/v1/chat/completions", json={
+            "model": "tiny", "messages": [{"role": "user", "content": "hi"}]}))
+        for _ in range(200):
+            during = (await http.get("/api/usage")).json()
+            if during["usage_counts"]:
+                break
+            await asyncio.sleep(0.02)
+        assert during["usage_counts"] == {ollama.url: {"tiny:latest": 1}}
+        usage = (await call).json()["usage"]
+        after = (await http.get("/api/usage")).json()
+        assert after["usage_counts"] == {}
+        assert after["token_usage_counts"] == {ollama.url: {"tiny:latest": usage["total_tokens"]}}

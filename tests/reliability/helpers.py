@@ -18,7 +18,7 @@ ERROR_KEYS = {"message", "type", "param", "code"}
 
 
 #: ``/api/usage`` of a gateway with nothing running or waiting.
-IDLE = {"in_flight": 0, "usage": [], "queued": 0, "queue": [], "background_jobs": 0}
+IDLE = {"in_flight": 0, "usage": [], "queued": 0, "queue": [], "background_jobs": 0, "usage_counts": {}}
 
 
 def sse(text: str) -> list[dict]:
@@ -80,11 +80,12 @@ async def poll_status(http: httpx.AsyncClient, rid: str, until=TERMINAL, timeout
     return await wait_for(check, timeout, 0.03)
 
 
-async def usage(http: httpx.AsyncClient, headers: dict | None = None) -> dict:
-    """``GET /api/usage`` as a dict."""
-    reply = await http.get("/api/usage", headers=headers)
+async def usage(http: httpx.AsyncClient, headers: dict | None = None, path: str = "/api/usage") -> dict:
+    """``GET /api/usage`` (or ``path``) as a dict, less ``token_usage_counts`` (tokens served so
+    far, not load)."""
+    reply = await http.get(path, headers=headers)
     assert reply.status_code == 200, reply.text
-    return reply.json()
+    return {key: value for key, value in reply.json().items() if key != "token_usage_counts"}
 
 
 async def wait_idle(http: httpx.AsyncClient, *servers: Any, timeout: float = 5.0,

@@ -38,7 +38,7 @@ async def test_usage_reports_requests_in_flight(app_factory, ollama):
         now = await wait_for(three_in_flight, 2)
         assert now["usage"] == [{"endpoint": ollama.url, "model": "tiny:latest", "in_flight": 3}]
         assert now["background_jobs"] == 1 and ollama.in_flight == 3
-        assert (await http.get("/v1/usage")).json() == now
+        assert await usage(http, path="/v1/usage") == now
         gauge = metric((await http.get("/metrics")).text, "nomyo_router_in_flight",
                        endpoint=ollama.url, model="tiny:latest")
         assert gauge == 3
