@@ -4,7 +4,7 @@ SQLite through aiosqlite, WAL journal, one connection for writes and one for rea
 Each response is one row:
 its turn's input items, the whole Response object (JSON text) and bookkeeping
 columns. Chains are walked in one recursive query. Conversations have tables of their own
-(``db_conversations``). A ``meta`` table keeps the
+(``db_conversations``), and so do token statistics (``db_token_stats``). A ``meta`` table keeps the
 schema version; :data:`MIGRATIONS` upgrades older stores in order.
 """
 
@@ -25,6 +25,7 @@ import aiosqlite
 import orjson
 
 from db_conversations import ConversationTables
+from db_token_stats import TOKEN_STATS_MIGRATION, TokenTables
 
 __all__ = ["ResponseStore", "StoreInUse", "Chain", "SCHEMA_VERSION", "ACTIVE"]
 
@@ -133,6 +134,8 @@ MIGRATIONS: list[str] = [
         DELETE FROM conversation_items WHERE conversation_id = OLD.id;
     END;
     """,
+    # Token statistics (``db_token_stats``): totals per endpoint and model, and their time series.
+    TOKEN_STATS_MIGRATION,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -216,7 +219,7 @@ def _item_ids(items: list) -> str:
     return _dumps([item["id"] for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)])
 
 
-class ResponseStore(ConversationTables):
+class ResponseStore(ConversationTables, TokenTables):
     """Async access to the store. Open with :meth:`open`, close with :meth:`close`.
 
     ``owner`` is an opaque tenant tag (None without authentication); a row is

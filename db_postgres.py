@@ -31,6 +31,7 @@ import orjson
 
 from db import ACTIVE, Chain, chain_of
 from db_postgres_conversations import PostgresConversations
+from db_postgres_token_stats import PG_TOKEN_STATS_MIGRATION, PostgresTokenTables
 
 __all__ = ["PostgresStore", "TakeOver", "EVENTS_CHANNEL", "CANCEL_CHANNEL", "PG_SCHEMA_VERSION"]
 
@@ -99,6 +100,8 @@ MIGRATIONS: list[str] = [
         seen_at    timestamptz NOT NULL DEFAULT clock_timestamp()
     );
     """,
+    # Token statistics (``db_postgres_token_stats``): totals per endpoint and model, and their time series.
+    PG_TOKEN_STATS_MIGRATION,
 ]
 PG_SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -196,7 +199,7 @@ class TakeOver:
     freed: int
 
 
-class PostgresStore(PostgresConversations):
+class PostgresStore(PostgresConversations, PostgresTokenTables):
     """The store on PostgreSQL. ``url`` is a ``postgresql://`` DSN (asyncpg takes extra query
     parameters as server settings, e.g. ``?search_path=nomyo``); ``replica`` names this
     process (made when not given). Open with :meth:`open`, close with :meth:`close`."""

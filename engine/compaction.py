@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from engine.tokens import count_input_tokens
 from engine.turn import SUMMARY_PROMPT, Turn, is_user_message
-from engine.upstream import Completion, NativeResponse, open_upstream
+from engine.upstream import Completion, NativeResponse, Upstream, open_upstream
 from errors import APIError
 from logs import note
 from requests.common import new_id, plain
@@ -54,6 +54,13 @@ def _summarizing_turn(turn: Turn, items: list[dict], max_tokens: int) -> Turn:
                 upstream_model=turn.upstream_model, summaries=turn.summaries, compacting=True)
 
 
+def _count(gateway: Gateway, upstream: Upstream, usage: dict | None) -> None:
+    """Count the summary call's ``usage`` (Responses keys) in the token statistics."""
+    usage = usage or {}
+    gateway.token_stats.record(upstream.endpoint, upstream.model, usage.get("input_tokens"),
+                               usage.get("output_tokens"))
+
+
 async def _summarize(gateway: Gateway, turn: Turn) -> tuple[dict | None, str, dict, dict | None]:
     """Run a compacting ``turn``: (the sealed compaction item, its summary, usage, None) from a Chat
     backend, or (None, "", usage, the upstream's compacted object) from an upstream Responses API."""
@@ -62,14 +69,18 @@ async def _summarize(gateway: Gateway, turn: Turn) -> tuple[dict | None, str, di
         result = upstream.result
         note(endpoint=upstream.endpoint, upstream_model=upstream.model)
         if isinstance(result, NativeResponse):
-            return None, "", complete_usage(plain(result.data.get("usage"))), result.data
+            usage = complete_usage(plain(result.data.get("usage")))
+            _count(gateway, upstream, usage)
+            return None, "", usage, result.data
         if not isinstance(result, Completion):
             raise TypeError(f"a streamed upstream answer ({type(result).__name__}) for a compaction")
+        usage = usage_chat_to_responses(plain(result.data.get("usage")))
+        _count(gateway, upstream, usage)
         summary = _summary_of(result.data)
     finally:
         await upstream.close()
     item = {"id": new_id("cmp"), "type": "compaction", "encrypted_content": gateway.seal.seal_summary(summary)}
-    return item, summary, usage_chat_to_responses(plain(result.data.get("usage"))), None
+    return item, summary, usage, None
 
 
 async def compact(gateway: Gateway, turn: Turn) -> dict:

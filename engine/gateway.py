@@ -164,8 +164,9 @@ class Gateway:
         return ChainBounds(self.settings.max_chain_bytes, self.settings.max_chain_items)
 
     async def close(self) -> None:
-        """Stop the jobs (stored as failed), then close the registry, cache and store. Writes
-        still being retried are given up (the next start marks their rows failed)."""
+        """Stop the jobs (stored as failed), then close the registry, cache, token statistics (their
+        last write) and store. Writes still being retried are given up (the next start marks their
+        rows failed)."""
         try:
             await self.jobs.shutdown()
             if self.cluster is not None:
@@ -182,7 +183,10 @@ class Gateway:
                 if self.cache is not None:
                     await self.cache.close()
             finally:
-                await self.store.close()
+                try:
+                    await self.token_stats.stop()  # its last write, before the store closes
+                finally:
+                    await self.store.close()
 
 
 def _file_settings(settings: Settings) -> tuple[list[str], int, float]:
@@ -242,6 +246,7 @@ async def open_gateway(settings: Settings, calls: BackendCalls) -> Gateway:
         await store.close()
         raise
     gateway = Gateway(settings=settings, store=store, registry=registry, cache=cache, calls=calls, seal=seal)
+    gateway.token_stats.start(store)
     watch_gateway(gateway.gauges)
     try:
         if store.shared:

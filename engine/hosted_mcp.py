@@ -80,6 +80,9 @@ async def _ask(run: TurnRun, turn: Turn) -> dict:
     try:
         if not isinstance(upstream.result, Completion):
             raise TypeError(f"a streamed upstream answer ({type(upstream.result).__name__}) for an MCP turn")
+        usage = upstream.result.data.get("usage") or {}
+        run.gateway.token_stats.record(upstream.endpoint, upstream.model, usage.get("prompt_tokens"),
+                                       usage.get("completion_tokens"))
         return upstream.result.data
     finally:
         await upstream.close()

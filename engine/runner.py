@@ -397,7 +397,8 @@ class TurnRun:
         return self.closing
 
     def _measure(self) -> None:
-        """The final state in the request's log line and the metrics."""
+        """The final state in the request's log line, the metrics and the token statistics (the
+        one upstream call's usage; a cached answer or a hosted MCP loop has no ``upstream`` here)."""
         final = self.final
         usage = final.get("usage") or {}
         note(response_status=final["status"], input_tokens=usage.get("input_tokens"),
@@ -407,6 +408,7 @@ class TurnRun:
         if self.upstream is None:
             return
         labels = (self.upstream.endpoint, self.upstream.model)
+        self.gateway.token_stats.record(*labels, usage.get("input_tokens"), usage.get("output_tokens"))
         TURNS.labels(*labels, final["status"]).inc()
         TURN_SECONDS.labels(*labels).observe(time.perf_counter() - self._started)
         if self._first_chunk is not None:

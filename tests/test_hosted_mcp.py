@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+import router
 from tests.conformance import assert_openai_error, check_response, check_stream, parse_sse
 from tests.e2e.ollama_server import TOOL_RESULT_PREFIX
 from tests.mcp_server import McpTestServer
@@ -51,6 +52,8 @@ async def test_a_turn_lists_the_tools_calls_one_and_answers(gw, ollama, mcp_serv
     assert mcp_server.calls[before:] == [("weather", {"city": "Paris"})]
     assert any(h.get("x-key") == "secret-1" for h in mcp_server.headers)
     assert len(ollama.requests) == 2 and answer["usage"]["output_tokens"] > 0      # two model calls, summed
+    counted = router.app.state.gateway.token_stats.totals[(ollama.url, "tiny:latest")]
+    assert counted == [answer["usage"]["input_tokens"], answer["usage"]["output_tokens"]]   # each call once
     # the secret is neither echoed nor stored
     assert "headers" not in answer["tools"][0] and "secret-1" not in str(answer)
     stored = (await gw.get(f"/v1/responses/{answer['id']}")).json()
