@@ -7,8 +7,14 @@ RUN useradd --create-home --uid 10001 nomyo
 # Dependencies first (the same `pip install .` as the README and CI use).
 COPY pyproject.toml ./
 RUN pip install --no-cache-dir . && rm -rf build ./*.egg-info
+# The semantic cache (cache_similarity below 1) needs its encoder: docker build --build-arg
+# SEMANTIC_CACHE=true adds the "semantic" extra and the model (about 100 MB; no torch).
+ARG SEMANTIC_CACHE=false
+COPY scripts/semantic-model.sh ./scripts/
+RUN if [ "$SEMANTIC_CACHE" = "true" ]; then pip install --no-cache-dir ".[semantic]" && rm -rf build ./*.egg-info \
+    && PIP_NO_CACHE_DIR=1 bash scripts/semantic-model.sh; fi
 
-COPY serve.py logs.py router.py preflight.py chat_client.py reasoning_seal.py config.py errors.py metrics.py backends.py slots.py store.py db.py db_conversations.py db_postgres.py db_postgres_conversations.py cache.py config.yaml ./
+COPY serve.py logs.py router.py preflight.py chat_client.py reasoning_seal.py config.py errors.py metrics.py backends.py slots.py store.py db.py db_conversations.py db_postgres.py db_postgres_conversations.py db_token_stats.py db_postgres_token_stats.py cache.py cache_semantic.py embedding.py config.yaml ./
 COPY api ./api
 COPY engine ./engine
 COPY requests ./requests

@@ -1,14 +1,18 @@
 """Configuration: ``config.yaml`` (path from ``NOMYO_ROUTER_CONFIG_PATH``) plus environment.
 
-Keeps NOMYO Router's keys. Environment variables ``NOMYO_ROUTER_<KEY>`` override
-the file (``NOMYO_ROUTER_DB_PATH``, ``NOMYO_ROUTER_API_KEY``, ...). ``${NAME}`` in
-any string of the file is replaced by the environment variable ``NAME``.
+Keeps NOMYO Router's keys (every one of its ``Config``: endpoints, llama_server_endpoints,
+max_concurrent_connections, api_keys, the router key in all its spellings, db_path and the
+cache keys). Environment variables ``NOMYO_ROUTER_<KEY>`` override the file
+(``NOMYO_ROUTER_DB_PATH``, ``NOMYO_ROUTER_API_KEY``, ...). ``${NAME}`` in any string of the
+file is replaced by the environment variable ``NAME``; one that is not set stops start-up,
+except in ``api_keys``, where that endpoint is sent no key (with a warning).
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import logging
 import os
 import re
 from functools import cached_property
@@ -23,6 +27,13 @@ from pydantic_settings import (BaseSettings, EnvSettingsSource, PydanticBaseSett
 __all__ = ["Settings", "ConfigError", "load_settings", "masked", "key_tag", "tenant_tag"]
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: NOMYO Router's spellings of the router key (the first is its sample config's).
+ROUTER_KEY_NAMES = ("nomyo-router-api-key", "router_api_key", "NOMYO_ROUTER_API_KEY", "nomyo_router_api_key",
+                    "nomyo-router_api_key", "nomyo_router-api_key", "NOMYO-ROUTER_API_KEY")
+#: Keys whose ``null`` in the file means something (elsewhere a key left empty means its default).
+_NULL_MEANS = frozenset({"cache_ttl"})
+
+log = logging.getLogger("nomyo_router.config")
 
 
 class ConfigError(RuntimeError):
@@ -63,15 +74,16 @@ class Settings(BaseSettings):
     #: Requests in flight per endpoint and model; more wait up to ``queue_timeout``.
     max_concurrent_connections: int = Field(1, ge=1)
     #: The key sent to each endpoint that needs one: ``{"https://api.openai.com/v1": "${OPENAI_KEY}"}``.
+    #: A ``${VAR}`` that is not set leaves that endpoint without a key (a warning names it).
     api_keys: dict[str, str] = Field(default_factory=dict)
     #: Named tenants and their keys: ``{"team-a": {"keys": ["k1", "k2"]}}``. A tenant's stored
     #: responses belong to its name, so adding or rotating its keys keeps its history.
     tenants: dict[str, Tenant] = Field(default_factory=dict)
     #: The key (or keys) clients must send; each plain key is a tenant of its own. Unset: no
     #: authentication (see ``tenants`` for named tenants).
-    router_api_key: str | list[str] | None = Field(
-        None, validation_alias=AliasChoices("nomyo-router-api-key", "router_api_key",
-                                            "NOMYO_ROUTER_API_KEY"))
+    #: An empty string written in the file (NOMYO Router's sample: ``""``) also means none, with a
+    #: warning; an empty key from ``${VAR}``, the environment or an empty list stops start-up.
+    router_api_key: str | list[str] | None = Field(None, validation_alias=AliasChoices(*ROUTER_KEY_NAMES))
     #: The key for /health, /api/usage and /metrics, which show every endpoint and tenant. With
     #: router keys set and no admin key, those routes are refused (403) to every key.
     admin_api_key: str | None = Field(None, min_length=1)
@@ -81,15 +93,22 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     #: One summary line per request (id, tenant, route, models, endpoint, status, latency, tokens).
     log_requests: bool = True
-    #: The exact-match response cache, for requests that opt in with ``"nomyo": {"cache": true}``.
+    #: The response cache, for requests that opt in with ``"nomyo": {"cache": true}``.
     cache_enabled: bool = False
     #: Where cached answers live: in memory, in the SQLite file ``cache_db_path``, or in Redis
     #: (``cache_redis_url``), shared by every replica.
     cache_backend: Literal["memory", "sqlite", "redis"] = "memory"
     #: The Redis of ``cache_backend: redis`` (``redis://host:6379/0``); unset: ``redis_url``.
     cache_redis_url: str | None = None
-    #: Seconds a cached answer is served.
-    cache_ttl: float = Field(3600, gt=0)
+    #: Seconds a cached answer is served; ``null``: no expiry (until ``cache_max_entries`` pushes it out).
+    cache_ttl: float | None = Field(3600, gt=0)
+    #: How alike a request must be to a cached one to take its answer: the cosine similarity of
+    #: their embeddings (all-MiniLM-L6-v2). ``1.0``: exact match only; below 1 (NOMYO Router
+    #: suggests 0.90 to 0.95) needs the ``semantic`` extra and the model package (README, "Response cache").
+    cache_similarity: float = Field(1.0, gt=0, le=1)
+    #: The share of the earlier conversation in a semantic lookup's query vector (0..1); the last
+    #: user message has the rest.
+    cache_history_weight: float = Field(0.3, ge=0, le=1)
     #: Cached answers kept (the oldest go first).
     cache_max_entries: int = Field(10_000, ge=1)
     #: The SQLite file of ``cache_backend: sqlite``.
@@ -205,10 +224,17 @@ class Settings(BaseSettings):
         if value is None:
             return None
         if value == "" or value == []:
-            raise ValueError("the router key is empty; leave the key out entirely to run without authentication")
+            raise ValueError("the router key is empty (an empty or unset variable, environment override or list); "
+                             "to run without authentication leave the key out, or write it as \"\" in the file")
         if isinstance(value, list) and not all(isinstance(k, str) and k for k in value):
             raise ValueError("every key must be a non-empty string")
         return value
+
+    @field_validator("cache_ttl", mode="before")
+    @classmethod
+    def _no_expiry(cls, value: Any) -> Any:
+        # NOMYO_ROUTER_CACHE_TTL=null: the environment's way to say the file's null
+        return None if isinstance(value, str) and value.strip().lower() in ("null", "none") else value
 
     @field_validator("model_aliases")
     @classmethod
@@ -239,6 +265,13 @@ class Settings(BaseSettings):
         self.key_owners  # raises for a key given to two owners
         if self.cache_enabled and self.cache_backend == "redis" and not (self.cache_redis_url or self.redis_url):
             raise ValueError("cache_backend: redis needs cache_redis_url (or redis_url)")
+        if self.cache_enabled and self.cache_similarity < 1:
+            from embedding import install_hint, missing
+            absent = missing()
+            if absent:
+                raise ValueError(f"cache_similarity {self.cache_similarity} (below 1: matching by meaning) needs the "
+                                 f"semantic cache's encoder, which is not installed (missing: {', '.join(absent)}); "
+                                 f"install it: {install_hint()}; or set cache_similarity: 1.0 to match exactly")
         return self
 
     @property
@@ -335,10 +368,18 @@ def tenant_tag(name: str) -> str:
     return f"tenant:{name}"
 
 
+class _Unset(ConfigError):
+    """A ``${NAME}`` of the configuration whose variable is not set."""
+
+    def __init__(self, name: str):
+        super().__init__(f"${{{name}}} is used in the configuration but {name} is not set")
+        self.name = name
+
+
 def _variable(match: re.Match) -> str:
     name = match.group(1)
     if name not in os.environ:
-        raise ConfigError(f"${{{name}}} is used in the configuration but {name} is not set")
+        raise _Unset(name)
     return os.environ[name]
 
 
@@ -352,6 +393,34 @@ def _expand(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _expand(v) for k, v in value.items()}
     return value
+
+
+def _expand_upstream_keys(keys: Any) -> Any:
+    """``api_keys`` expanded; an endpoint whose key names a variable that is not set is left
+    out (it is sent no key), with a warning naming the variable. The gateway's own secrets
+    stay strict (:func:`_expand`): an endpoint without its key answers 401 and shows
+    unreachable in /health, while a gateway without its key would be open."""
+    if not isinstance(keys, dict):
+        return _expand(keys)
+    out = {}
+    for url, key in keys.items():
+        try:
+            out[url] = _expand(key)
+        except _Unset as exc:
+            log.warning("api_keys: ${%s} (the key of %s) is not set: that endpoint is sent no key (it will "
+                        "likely answer 401 and show unreachable in /health); set %s, or remove the entry",
+                        exc.name, url, exc.name)
+    return out
+
+
+def _empty_router_key(data: dict) -> str | None:
+    """The spelling of the router key written as a literal empty string in the file (NOMYO
+    Router's "leave empty to disable"), taken out of ``data``; None when there is none."""
+    for name in ROUTER_KEY_NAMES:
+        if data.get(name) == "":
+            del data[name]
+            return name
+    return None
 
 
 def load_settings(path: str | os.PathLike | None = None) -> Settings:
@@ -373,15 +442,27 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
         raise ConfigError(f"config file {file} does not exist (NOMYO_ROUTER_CONFIG_PATH)")
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: the top level must be a mapping of keys")
+    data = dict(data)
+    empty_key = _empty_router_key(data)
+    keys = _expand_upstream_keys(data.pop("api_keys")) if "api_keys" in data else None
+    data = _expand(data)
+    if keys is not None:
+        data["api_keys"] = keys
     try:
-        # A key left empty in the file (only comments under it) means its default.
-        return Settings(**{k: v for k, v in _expand(data).items() if v is not None})
+        # A key left empty in the file (only comments under it) means its default, but where
+        # null has a meaning of its own (cache_ttl: null, no expiry).
+        settings = Settings(**{k: v for k, v in data.items() if v is not None or k in _NULL_MEANS})
     except ValidationError as exc:
         problems = "; ".join(_problem(err) for err in exc.errors())
         raise ConfigError(f"{file}: invalid configuration: {problems}") from None
     except SettingsError as exc:
         cause = exc.__cause__ or exc
         raise ConfigError(f"invalid environment override: {cause}") from None
+    if empty_key is not None and not settings.key_owners:
+        log.warning("%s: %s is empty: authentication is OFF, anyone who reaches the port is served; set it to a "
+                    "key (or set NOMYO_ROUTER_API_KEY) to require 'Authorization: Bearer <key>', or remove the line",
+                    file, empty_key)
+    return settings
 
 
 def _known_keys() -> list[str]:
@@ -396,7 +477,9 @@ def _known_keys() -> list[str]:
 
 def _problem(err: dict) -> str:
     """One validation error as ``key: message``, with a "did you mean" for an unknown key."""
-    where = ".".join(str(p) for p in err["loc"]) or "?"
+    where = ".".join(str(p) for p in err["loc"])
+    if not where:  # a rule over several keys: its message names them
+        return str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
         close = difflib.get_close_matches(str(err["loc"][0]), _known_keys(), n=1, cutoff=0.6)
         if close:

@@ -195,7 +195,8 @@ def _file_settings(settings: Settings) -> tuple[list[str], int, float]:
 
 #: Settings a running gateway keeps until it restarts (from ``header_timeout`` on: the HTTP server's).
 RESTART_ONLY = ("db_path", "store_url", "redis_url", "cache_redis_url", "replica_lease", "cache_enabled",
-                "cache_backend", "cache_db_path", "cache_ttl", "cache_max_entries", "reasoning_encryption_key",
+                "cache_backend", "cache_db_path", "cache_ttl", "cache_max_entries", "cache_similarity",
+                "cache_history_weight", "reasoning_encryption_key",
                 "header_timeout", "max_connections", "keep_alive_timeout", "websocket_ping_interval",
                 "websocket_ping_timeout")
 

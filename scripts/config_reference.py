@@ -29,8 +29,10 @@ The gateway reads `config.yaml` (or the file named by `--config` / `NOMYO_ROUTER
 every key can also be set in the environment as `NOMYO_ROUTER_<KEY>` (upper case), which wins
 over the file. List keys take JSON or a plain comma list there, mapping keys JSON. `${NAME}` in
 any string of the file is replaced by the environment variable `NAME`; an unset one stops
-start-up. Times are seconds, sizes bytes. `python serve.py --check-config` prints the effective
-configuration with secrets masked. SIGHUP reloads it, except the keys marked "restart".
+start-up, but in `api_keys` (the endpoint then gets no key, with a warning). A key left empty in
+the file means its default, but `cache_ttl: null` means no expiry. Times are seconds, sizes
+bytes. `python serve.py --check-config` prints the effective configuration with secrets masked.
+SIGHUP reloads it, except the keys marked "restart".
 
 This page is generated from `config.py` by `python scripts/config_reference.py`.
 
