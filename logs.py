@@ -7,19 +7,25 @@ Each request ends with one summary line (:func:`request_line`): route, status, l
 time to first byte, tenant, model asked and model/endpoint used, tokens, cache, error.
 
 Formats: ``text`` (one human line) or ``json`` (one JSON object per line, for collectors).
+
+Beside the log, :data:`RECENT_REQUESTS` keeps the summaries of the last requests this process
+finished (whether or not ``log_requests`` is on) for the dashboard, which waits on it for the next.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import sys
 import time
+from collections import deque
 from typing import Any
 
 import orjson
 
-__all__ = ["configure_logging", "RequestInfo", "begin", "end", "note", "request_line", "REQUEST_LOG"]
+__all__ = ["configure_logging", "RequestInfo", "begin", "end", "note", "request_line", "REQUEST_LOG",
+           "RecentRequests", "RECENT_REQUESTS"]
 
 #: The logger of the per-request summary lines.
 REQUEST_LOG = logging.getLogger("nomyo_router.request")
@@ -110,3 +116,74 @@ def request_line(info: RequestInfo, method: str, route: str, status: int, starte
     text = " ".join(f"{key}={fields[key]}" for key in _TEXT_FIELDS if key in fields)
     REQUEST_LOG.log(level, "%s %s %s %.2fms%s", method, route, status, fields["latency_ms"],
                     f" {text}" if text else "", extra={"fields": fields})
+
+
+#: What a summary of :class:`RecentRequests` takes from the request's notes.
+_RECENT_FIELDS = ("request_id", "tenant", "model", "upstream_model", "endpoint", "input_tokens", "output_tokens",
+                  "cache", "error")
+
+
+class RecentRequests:
+    """The summaries of the last ``size`` finished requests, oldest first, and a way to wait for
+    the next one (:meth:`wait`).
+
+    Each summary is a dict: ``seq`` (1 for the first request ever added, counting up),
+    ``time`` (Unix seconds, when it finished), ``method``, ``route`` (the path, no query),
+    ``status``, ``latency_ms`` (start to last byte), and of the request's notes ``request_id``,
+    ``tenant``, ``model`` (asked), ``upstream_model``, ``endpoint``, ``input_tokens``,
+    ``output_tokens``, ``cache``, ``error`` (None when not noted). Adding costs one dict and
+    wakes only the waiters there are; it is called on the event loop, never blocks.
+    """
+
+    def __init__(self, size: int = 200):
+        self._entries: deque[dict] = deque(maxlen=size)
+        self._waiters: set[asyncio.Future] = set()
+        #: The ``seq`` of the newest summary (0: none yet).
+        self.last_seq = 0
+
+    def add(self, info: RequestInfo, method: str, route: str, status: int, started: float) -> None:
+        """Keep the summary of a finished request (``started``: its ``perf_counter`` start) and
+        wake everyone waiting for one. A liveness probe answered 200 is not kept: probed every
+        few seconds, it would push the requests worth seeing out."""
+        if route in _PROBES and status == 200:
+            return
+        self.last_seq += 1
+        entry = {"seq": self.last_seq, "time": time.time(), "method": method, "route": route, "status": status,
+                 "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+        for key in _RECENT_FIELDS:
+            entry[key] = info.get(key)
+        self._entries.append(entry)
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                try:
+                    waiter.set_result(None)
+                except RuntimeError:  # its event loop is closed: nobody waits there any more
+                    pass
+
+    def latest(self, count: int) -> list[dict]:
+        """The newest ``count`` summaries, newest first."""
+        newest = []
+        for entry in reversed(self._entries):
+            if len(newest) >= count:
+                break
+            newest.append(entry)
+        return newest
+
+    async def wait(self, after: int, timeout: float) -> bool:
+        """Wait until a summary newer than ``seq`` ``after`` is kept, at most ``timeout``
+        seconds. True when one is (at once if it already was), False when the time ran out."""
+        if self.last_seq > after:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait((waiter,), timeout=timeout)
+        finally:
+            self._waiters.discard(waiter)
+            waiter.cancel()
+        return self.last_seq > after
+
+
+#: The summaries of this process's last finished requests (fed by the request guard, ``api.guard``).
+RECENT_REQUESTS = RecentRequests()

@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 from starlette.responses import Response  # noqa: E402
 
-from api import cache_routes, conversations, health, openai_routes, responses, stats_routes, websocket  # noqa: E402
+from api import cache_routes, conversations, dashboard, health, openai_routes, responses, stats_routes, websocket  # noqa: E402
 from api.guard import PUBLIC_PATHS, GatewayMiddleware  # noqa: E402,F401  (PUBLIC_PATHS: NOMYO Router's name)
 from config import ConfigError, load_settings  # noqa: E402
 from logs import configure_logging, note  # noqa: E402
@@ -92,6 +92,7 @@ app.include_router(openai_routes.router)
 app.include_router(websocket.router)
 app.include_router(health.router)
 app.include_router(cache_routes.router)
+app.include_router(dashboard.router)
 app.include_router(stats_routes.router)
 
 

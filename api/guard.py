@@ -149,6 +149,7 @@ class GatewayMiddleware:
                 if not message.get("more_body"):
                     REQUESTS.labels(route, str(status)).inc()
                     REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+                    logs.RECENT_REQUESTS.add(info, scope["method"], scope["path"], status, started)
                     if scope["app"].state.gateway.settings.log_requests:
                         logs.request_line(info, scope["method"], scope["path"], status, started)
             await send(message)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
@@ -63,16 +64,22 @@ async def usage(request: Request) -> Response:
     rows = [{"endpoint": endpoint, "model": model, "in_flight": count}
             for (endpoint, model), count in sorted(gateway.registry.usage.items())]
     queued = [{"model": model, "queued": count} for model, count in sorted(gateway.registry.queued.items())]
+    return _json({"in_flight": sum(r["in_flight"] for r in rows), "usage": rows,
+                  "queued": sum(q["queued"] for q in queued), "queue": queued,
+                  "background_jobs": len(gateway.jobs.jobs), **usage_maps(gateway)})
+
+
+def usage_maps(gateway: Any) -> dict:
+    """NOMYO Router's two usage maps: ``usage_counts`` (``{endpoint: {model: requests in
+    flight}}``) and ``token_usage_counts`` (``{endpoint: {model: prompt + completion tokens}}``
+    this process counted)."""
     usage_counts: dict[str, dict[str, int]] = {}
-    for row in rows:
-        usage_counts.setdefault(row["endpoint"], {})[row["model"]] = row["in_flight"]
+    for (endpoint, model), count in sorted(gateway.registry.usage.items()):
+        usage_counts.setdefault(endpoint, {})[model] = count
     token_usage_counts: dict[str, dict[str, int]] = {}
     for (endpoint, model), (prompt, completion) in sorted(gateway.token_stats.totals.items()):
         token_usage_counts.setdefault(endpoint, {})[model] = prompt + completion
-    return _json({"in_flight": sum(r["in_flight"] for r in rows), "usage": rows,
-                  "queued": sum(q["queued"] for q in queued), "queue": queued,
-                  "background_jobs": len(gateway.jobs.jobs),
-                  "usage_counts": usage_counts, "token_usage_counts": token_usage_counts})
+    return {"usage_counts": usage_counts, "token_usage_counts": token_usage_counts}
 
 
 @router.get("/metrics")

@@ -56,7 +56,8 @@ class Gateway:
     retrying: dict[str, asyncio.Task] = field(init=False, default_factory=dict)
     #: Turns running now (``engine.runner.TurnRun``), foreground and background.
     runs: set = field(init=False, default_factory=set)
-    #: Open WebSocket sessions (``api.websocket.SocketSession``): drained before the server closes them.
+    #: Open WebSocket sessions (``api.websocket.SocketSession``) and dashboard streams
+    #: (``api.dashboard.UsageStream``): drained before the server closes them.
     sockets: set = field(init=False, default_factory=set)
     #: This replica among the others (a shared store), else None.
     cluster: Cluster | None = field(init=False, default=None)
