@@ -20,7 +20,7 @@ import orjson
 
 from errors import APIError, BackendStreamError, BackendTimeout
 
-__all__ = ["ChatClient", "ChatStream", "ConnectFailed", "upstream_error"]
+__all__ = ["ChatClient", "ChatStream", "LineStream", "ConnectFailed", "upstream_error"]
 
 #: Seconds an idle upstream connection is kept: under the 5 s after which uvicorn,
 #: llama.cpp's server and many others close idle connections, so a pooled
@@ -137,6 +137,60 @@ class ChatStream:
             self._response.close()
 
 
+class LineStream:
+    """An open NDJSON stream, as Ollama's native routes send them: one JSON object a line,
+    until the body ends (there is no end marker).
+
+    :meth:`batches` yields the objects each network read completed, as one list; a line
+    carrying ``error`` is yielded as it came (the caller decides what it means). Raises
+    :class:`errors.BackendStreamError` when the connection breaks, a line is not a JSON
+    object or is longer than ``max_line_bytes``. :meth:`aclose` releases the connection (back
+    to the pool once the body was read to its end); call it whatever happens.
+    """
+
+    def __init__(self, response: aiohttp.ClientResponse, max_line_bytes: int = 64 * 1024 * 1024):
+        self._response = response
+        self._max_line = max_line_bytes
+        self._closed = False
+
+    async def batches(self) -> AsyncIterator[list[dict]]:
+        """Lists of the JSON objects of the lines each network read completed."""
+        content = self._response.content
+        pending = b""
+        try:
+            while True:
+                data = await content.readany()
+                *lines, pending = (pending + data).split(b"\n") if data else (pending, b"")
+                if len(pending) > self._max_line:
+                    raise BackendStreamError(f"a stream line is longer than {self._max_line} bytes")
+                batch = [_object_of(line) for line in lines if line.strip()]
+                if batch:
+                    yield batch
+                if not data:
+                    self._closed = True
+                    self._response.release()
+                    return
+        except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
+            await self.aclose()
+            raise BackendStreamError(_cause(exc)) from exc
+        except BackendStreamError:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Close the upstream response (idempotent); a stream not read to its end closes its connection."""
+        if not self._closed:
+            self._closed = True
+            self._response.close()
+
+
+def _object_of(line: bytes) -> dict:
+    value = orjson.loads(line)
+    if not isinstance(value, dict):
+        raise BackendStreamError("a stream line is not a JSON object")
+    return value
+
+
 _DONE: Any = object()
 #: Seconds a stream's body may stay open after ``[DONE]`` before its connection is dropped.
 DRAIN_SECONDS = 2.0
@@ -246,6 +300,46 @@ class ChatClient:
             detail = err.get("message") if isinstance(err, dict) else err
             raise self._bad(f"it answered 200 with an error: {detail}" if err else f"the answer has no {expect}")
         return _normalize_usage(data) if "usage" in data else data
+
+    async def send_native(self, method: str, url: str, body: bytes | None, *, stream: bool) -> dict | LineStream:
+        """Send one request to a route of the endpoint outside its OpenAI-compatible base
+        (Ollama's own ``/api/...``; ``url`` is absolute), with the pool, timeouts and bounds of
+        :meth:`post`.
+
+        Returns the answer's JSON object (``{}`` for an empty body, as ``/api/delete`` and
+        ``/api/copy`` answer), or the open :class:`LineStream` with ``stream``. Raises
+        :class:`ConnectFailed`, :class:`errors.BackendTimeout`, the upstream's error status as
+        :class:`errors.APIError` (Ollama's ``{"error": "..."}`` message kept), or 502 for an
+        answer that is not a JSON object.
+        """
+        session = self._session or self._open_session()
+        try:
+            response = await session.request(method, url, data=body, headers=self.headers)
+        except TimeoutError as exc:
+            raise BackendTimeout(str(exc) or "the backend did not answer in time") from exc
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise ConnectFailed(_cause(exc)) from exc
+        if response.status >= 400:
+            await self._raise_for_status(response)
+        if stream:
+            return LineStream(response, self._max_answer_bytes)
+        try:
+            raw = await self._read_bounded(response)
+        except TimeoutError as exc:
+            response.close()
+            raise BackendTimeout(str(exc) or "the backend did not finish its answer in time") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            response.close()
+            raise self._bad(f"the answer broke off ({_cause(exc)})") from exc
+        finally:
+            response.release()
+        try:
+            data = orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError:
+            raise self._bad("the answer is not JSON") from None
+        if not isinstance(data, dict):
+            raise self._bad("the answer is not a JSON object")
+        return data
 
     async def _read_bounded(self, response: aiohttp.ClientResponse) -> bytes:
         limit = self._max_answer_bytes

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa
 from starlette.responses import Response  # noqa: E402
 
 from api import cache_routes, conversations, dashboard, health, openai_routes, responses, stats_routes, websocket  # noqa: E402
+from api import ollama_routes  # noqa: E402
 from api.guard import PUBLIC_PATHS, GatewayMiddleware  # noqa: E402,F401  (PUBLIC_PATHS: NOMYO Router's name)
 from config import ConfigError, load_settings  # noqa: E402
 from logs import configure_logging, note  # noqa: E402
@@ -89,6 +90,7 @@ app.add_middleware(GatewayMiddleware)
 app.include_router(responses.router)
 app.include_router(conversations.router)
 app.include_router(openai_routes.router)
+app.include_router(ollama_routes.router)
 app.include_router(websocket.router)
 app.include_router(health.router)
 app.include_router(cache_routes.router)

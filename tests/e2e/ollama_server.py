@@ -1,9 +1,11 @@
 """A scripted server speaking Ollama's wire protocol, for end-to-end tests.
 
-Native endpoints (``/api/version``, ``/api/tags``, ``/api/ps``, NDJSON ``/api/chat``)
-and the OpenAI-compatible layer (``/v1/models``, ``/v1/chat/completions`` as JSON
-or SSE) answer with deterministic replies (see ``_Reply``), under fault-injection
-knobs and request counters (see ``OllamaTestServer``). One word is one token.
+Native endpoints (``/api/version``, ``/api/tags``, ``/api/ps``, NDJSON ``/api/chat`` and
+``/api/generate``, ``/api/embed``, ``/api/embeddings``, ``/api/show``, and model management:
+``/api/pull``, ``/api/push``, ``/api/create``, ``/api/delete``, ``/api/copy``) and the
+OpenAI-compatible layer (``/v1/models``, ``/v1/chat/completions`` as JSON or SSE,
+``/v1/completions``, ``/v1/embeddings``) answer with deterministic replies (see ``_Reply``),
+under fault-injection knobs and request counters (see ``OllamaTestServer``). One word is one token.
 
 Standalone: ``python tests/e2e/ollama_server.py --port 11434 --models tiny:latest``.
 """
@@ -213,9 +215,10 @@ class OllamaTestServer:
     ``fail_count`` limiting how many requests fail; ``None`` means all),
     ``drop_after_chunks`` abort a stream's connection after that many chunks.
 
-    Counters: ``requests_total`` (chat requests received), ``in_flight``,
+    Counters: ``requests_total`` (chat and generate requests received), ``in_flight``,
     ``peak_in_flight``, ``disconnects`` (streams abandoned by the client) and
-    ``requests`` (parsed chat request bodies, in order of arrival), ``failures_sent``;
+    ``requests`` (parsed request bodies of the model routes, in order of arrival), ``managed``
+    (model management bodies, each with its ``op``), ``failures_sent``;
     ``stats()`` and ``GET /_test/stats`` report them, ``reset()`` zeroes them.
     Use ``start()``/``stop()``, or the instance as a (sync or async) context manager.
     """
@@ -230,6 +233,8 @@ class OllamaTestServer:
         self.chunk_delay, self.first_byte_delay = chunk_delay, first_byte_delay
         self.fail_status, self.fail_count, self.drop_after_chunks = fail_status, fail_count, drop_after_chunks
         self.rng = random.Random()
+        #: Model names whose ``/api/pull`` fails (after its first progress object, as Ollama's do).
+        self.unpullable: set[str] = set()
         self.reset()
         self.app = self._build_app()
         self._uvicorn: uvicorn.Server | None = None
@@ -245,12 +250,13 @@ class OllamaTestServer:
         self.requests_total = self.in_flight = self.peak_in_flight = self.disconnects = 0
         self.failures_sent = 0
         self.requests: list[dict] = []
+        self.managed: list[dict] = []
 
     def stats(self) -> dict:
         """Return the counters and recorded request bodies as a JSON-ready dict."""
         return {"requests_total": self.requests_total, "in_flight": self.in_flight,
                 "peak_in_flight": self.peak_in_flight, "disconnects": self.disconnects,
-                "failures_sent": self.failures_sent, "requests": list(self.requests)}
+                "failures_sent": self.failures_sent, "requests": list(self.requests), "managed": list(self.managed)}
 
     def _leave(self) -> None:
         self.in_flight -= 1
@@ -262,8 +268,9 @@ class OllamaTestServer:
         full = name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
         return full if full in self.models else None
 
-    async def _chat(self, request: Request, native: bool) -> Response | _Stream:
-        """Shared handler of ``/v1/chat/completions`` and ``/api/chat``."""
+    async def _chat(self, request: Request, native: bool, generate: bool = False) -> Response | _Stream:
+        """Shared handler of ``/v1/chat/completions``, ``/api/chat`` and (``generate``) ``/api/generate``,
+        whose ``prompt`` is the one user message (an empty one only "loads" the model)."""
         self.requests_total, self.in_flight, handed_off = self.requests_total + 1, self.in_flight + 1, False
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
 
@@ -284,7 +291,16 @@ class OllamaTestServer:
             if self.fail_status is not None and (self.fail_count is None or self.failures_sent < self.fail_count):
                 self.failures_sent += 1
                 return error(self.fail_status, f"scripted failure with status {self.fail_status}")
-            messages, stream = body.get("messages"), body.get("stream")
+            if generate:
+                prompt, stream = body.get("prompt"), body.get("stream")
+                messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) and prompt else []
+                if self._resolve(body.get("model")) is None:
+                    return error(404, f'model "{body.get("model")}" not found, try pulling it first')
+                if not messages:
+                    return _json({"model": body["model"], "created_at": _go_time(datetime.now(timezone.utc)),
+                                  "response": "", "done": True, "done_reason": "load"})
+            else:
+                messages, stream = body.get("messages"), body.get("stream")
             if (messages is not None and not isinstance(messages, list)) or stream not in (None, True, False):
                 return error(400, "invalid request body: wrong field types", "invalid_request_error")
             if not messages:
@@ -306,11 +322,11 @@ class OllamaTestServer:
                 calls = self._native_calls(reply) if reply.calls else None
                 if not stream:
                     return _json(self._native_line(model, "".join(reply.content), "".join(reply.reasoning),
-                                                   calls, done=reply))
-                lines = [self._native_line(model, thinking=p) for p in reply.reasoning]
-                lines += [self._native_line(model, p) for p in reply.content]
+                                                   calls, done=reply, generate=generate))
+                lines = [self._native_line(model, thinking=p, generate=generate) for p in reply.reasoning]
+                lines += [self._native_line(model, p, generate=generate) for p in reply.content]
                 lines += [self._native_line(model, calls=calls)] if calls else []
-                lines.append(self._native_line(model, done=reply))
+                lines.append(self._native_line(model, done=reply, generate=generate))
                 handed_off = True
                 return _Stream(self, [orjson.dumps(line) + b"\n" for line in lines], "application/x-ndjson")
             if not stream:
@@ -364,8 +380,9 @@ class OllamaTestServer:
                 for i, name in enumerate(reply.calls)]
 
     def _native_line(self, model: str, content: str = "", thinking: str = "", calls: list[dict] | None = None,
-                     done: _Reply | None = None) -> dict:
-        """Build one ``/api/chat`` object; ``done`` makes it the final one carrying the metrics."""
+                     done: _Reply | None = None, generate: bool = False) -> dict:
+        """Build one ``/api/chat`` (``generate``: ``/api/generate``) object; ``done`` makes it the
+        final one carrying the metrics (and, for generate, a ``context``)."""
         message: dict = {"role": "assistant", "content": content}
         if thinking:
             message["thinking"] = thinking
@@ -373,6 +390,11 @@ class OllamaTestServer:
             message["tool_calls"] = calls
         line = {"model": model, "created_at": _go_time(datetime.now(timezone.utc)), "message": message,
                 "done": done is not None}
+        if generate:
+            del line["message"]
+            line |= {"response": content, **({"thinking": thinking} if thinking else {})}
+            if done is not None:
+                line["context"] = [1, 2, 3]
         if done is not None:
             line |= {"done_reason": done.finish, "total_duration": 1_000_000, "load_duration": 100_000,
                      "prompt_eval_count": done.prompt_tokens, "prompt_eval_duration": 200_000,
@@ -434,11 +456,18 @@ class OllamaTestServer:
             frames = [b"data: " + orjson.dumps({**base, "choices": [{"index": 0, "text": p, "finish_reason": None}]})
                       + b"\n\n" for p in pieces]
             frames.append(b"data: " + orjson.dumps({**base, "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]})
-                          + b"\n\ndata: [DONE]\n\n")
+                          + b"\n\n")
+            if _field(body, "stream_options", "include_usage") is True:
+                frames.append(b"data: " + orjson.dumps({**base, "choices": [], "usage": {
+                    "prompt_tokens": 1, "completion_tokens": len(pieces), "total_tokens": 1 + len(pieces)}}) + b"\n\n")
+            frames.append(b"data: [DONE]\n\n")
             return _Stream(self, frames, "text/event-stream")
 
         async def native_chat(request: Request) -> Response | _Stream:
             return await self._chat(request, native=True)
+
+        async def native_generate(request: Request) -> Response | _Stream:
+            return await self._chat(request, native=True, generate=True)
 
         return Starlette(routes=[
             Route("/", root, methods=["GET", "HEAD"]),
@@ -446,6 +475,8 @@ class OllamaTestServer:
             Route("/api/tags", reply_with(lambda: {"models": list(map(_model_entry, self.models))})),
             Route("/api/ps", reply_with(ps)),
             Route("/api/chat", native_chat, methods=["POST"]),
+            Route("/api/generate", native_generate, methods=["POST"]),
+            *self._model_routes(),
             Route("/v1/models", reply_with(lambda: {"object": "list", "data": list(map(openai_model, self.models))})),
             Route("/v1/models/{model:path}", get_model),
             Route("/v1/chat/completions", openai_chat, methods=["POST"]),
@@ -453,6 +484,82 @@ class OllamaTestServer:
             Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
             Route("/_test/stats", reply_with(self.stats)),
         ])
+
+    def _model_routes(self) -> list[Route]:
+        """Ollama's embeddings, ``/api/show`` and model management routes (pull, push, create,
+        delete, copy change ``models``; each body is recorded in ``managed`` with its ``op``)."""
+        def missing(name: Any) -> Response:
+            return _json({"error": f"model '{name}' not found"}, 404)
+
+        async def read(request: Request) -> dict:
+            self.requests.append(body := orjson.loads(await request.body() or b"{}"))
+            return body
+
+        async def embed(request: Request) -> Response:
+            if self._resolve((body := await read(request)).get("model")) is None:
+                return missing(body.get("model"))
+            texts = body.get("input") if isinstance(body.get("input"), list) else [body.get("input")]
+            return _json({"model": body["model"], "embeddings": [embedding_of(str(t)) for t in texts],
+                          "total_duration": 1_000_000, "prompt_eval_count": sum(len(str(t).split()) for t in texts)})
+
+        async def embeddings(request: Request) -> Response:
+            if self._resolve((body := await read(request)).get("model")) is None:
+                return missing(body.get("model"))
+            return _json({"embedding": embedding_of(str(body.get("prompt"))) if body.get("prompt") else []})
+
+        async def show(request: Request) -> Response:
+            if (name := self._resolve((body := await read(request)).get("model"))) is None:
+                return missing(body.get("model"))
+            entry = _model_entry(name)
+            return _json({"modelfile": f"FROM {name}\n", "parameters": "temperature 0.7", "template": "{{ .Prompt }}",
+                          "details": entry["details"], "model_info": {"general.architecture": "llama"},
+                          "capabilities": ["completion", "tools"], "modified_at": entry["modified_at"]})
+
+        def progress(steps: list[dict], stream: Any) -> Response | _Stream:
+            if stream is False:
+                return _json(steps[-1], 500 if "error" in steps[-1] else 200)
+            self.in_flight += 1
+            return _Stream(self, [orjson.dumps(step) + b"\n" for step in steps], "application/x-ndjson")
+
+        def add(name: str) -> None:
+            self.models = [*dict.fromkeys([*self.models, name if ":" in name else name + ":latest"])]
+
+        def manage(op: str) -> Any:
+            async def endpoint(request: Request) -> Response | _Stream:
+                body = orjson.loads(await request.body() or b"{}")
+                self.managed.append({"op": op, **body})
+                name, wanted = self._resolve(body.get("model") or body.get("source")), body.get("model") or ""
+                if op == "pull":
+                    full = wanted if ":" in wanted else wanted + ":latest"
+                    if full in self.unpullable:
+                        return progress([{"status": "pulling manifest"},
+                                         {"error": "pull model manifest: file does not exist"}], body.get("stream"))
+                    add(full)
+                    digest = "sha256:" + hashlib.sha256(full.encode()).hexdigest()
+                    return progress([{"status": "pulling manifest"}, *({"status": f"pulling {digest[7:19]}", "digest":
+                                     digest, "total": 100, "completed": done} for done in (0, 50, 100)),
+                                     {"status": "verifying sha256 digest"}, {"status": "writing manifest"},
+                                     {"status": "success"}], body.get("stream"))
+                if op == "create" and (name or self._resolve(body.get("from"))):
+                    add(wanted)
+                    return progress([{"status": "using existing layer"}, {"status": "writing manifest"},
+                                     {"status": "success"}], body.get("stream"))
+                if name is None:
+                    return missing(body.get("model") or body.get("source") or body.get("from"))
+                if op == "push":
+                    return progress([{"status": "retrieving manifest"}, {"status": "pushing manifest"},
+                                     {"status": "success"}], body.get("stream"))
+                if op == "delete":
+                    self.models.remove(name)
+                    self.loaded = [m for m in self.loaded if m != name]
+                else:
+                    add(body.get("destination") or "")
+                return Response(status_code=200)
+            return endpoint
+
+        return [Route("/api/embed", embed, methods=["POST"]), Route("/api/embeddings", embeddings, methods=["POST"]),
+                Route("/api/show", show, methods=["POST"]), Route("/api/delete", manage("delete"), methods=["DELETE"]),
+                *(Route(f"/api/{op}", manage(op), methods=["POST"]) for op in ("pull", "push", "create", "copy"))]
 
     def start(self, timeout: float = 10.0) -> OllamaTestServer:
         """Bind the port (a free one when ``port`` is 0) and serve in a daemon thread."""
