@@ -228,7 +228,11 @@ class GatewayMiddleware:
             return await _reply(send, _too_large(limit))
         if scope["method"] == "POST":
             content_type = _header(scope, b"content-type")
-            if (content_type is not None and not _is_json(content_type)) or (content_type is None and _has_body(scope)):
+            if content_type is not None:
+                refused = not _is_json(content_type) and not _curl_form(scope, content_type, origin)
+            else:
+                refused = _has_body(scope)
+            if refused:
                 return await _reply(send, APIError(415, "Request bodies must be JSON: send 'Content-Type: "
                                                         "application/json'.", code="unsupported_media_type"))
 
@@ -259,6 +263,15 @@ class GatewayMiddleware:
             return message
 
         await app(scope, limited_receive, send)
+
+
+def _curl_form(scope: dict, content_type: str, origin: str | None) -> bool:
+    """Whether a POST is ``curl -d`` to an Ollama route: ``application/x-www-form-urlencoded``
+    (curl's default; Ollama's documentation sends its JSON so) on ``/api/...`` from no web page
+    (no ``Origin``: browsers send one on every POST, so a page's form post is still refused). Its
+    body is read as JSON like any other."""
+    media = content_type.partition(";")[0].strip().lower()
+    return origin is None and media == "application/x-www-form-urlencoded" and scope["path"].startswith("/api/")
 
 
 def _request_id(scope: dict) -> str:

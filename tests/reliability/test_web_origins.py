@@ -55,6 +55,23 @@ async def test_a_post_body_that_is_not_json_is_a_415(open_gateway, backend, cont
     assert backend.requests == []
 
 
+async def test_curl_d_to_an_ollama_route_is_served_but_a_page_form_post_is_not(open_gateway, backend):
+    """``curl -d '{...}'`` (Ollama's documented usage) sends its JSON as a form post with no
+    ``Origin``: served on ``/api/...``. A web page's form post always carries an ``Origin``:
+    refused, as a form post to any other route is."""
+    backend.reset()
+    chat = b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": false}'
+    form = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": "curl/8.14.1"}
+    async with httpx.AsyncClient(base_url=open_gateway.url, timeout=10) as http:
+        reply = await http.post("/api/chat", content=chat, headers=form)
+        assert reply.status_code == 200 and reply.json()["message"]["content"] == DEFAULT_TEXT
+        for origin in (APP, "https://attacker.example"):
+            refused = await http.post("/api/chat", content=chat, headers={**form, "Origin": origin})
+            assert refused.status_code in (403, 415), (origin, refused.text)
+        assert (await http.post("/v1/responses", content=BODY, headers=form)).status_code == 415
+    assert len(backend.requests) == 1
+
+
 @pytest.mark.parametrize("host", ["attacker.example", "attacker.example:12434", "gateway.internal"])
 async def test_a_host_the_gateway_does_not_answer_to_is_refused(open_gateway, backend, host):
     """DNS rebinding: the page's own name resolves to 127.0.0.1; the Host header still names it."""
