@@ -275,6 +275,10 @@ async def serve(gateway: Gateway, route: str, body: dict, owner: str | None = No
     stream = _streams(body, route)
     note(model=asked)
     model = gateway.settings.model_aliases.get(asked, asked)
+    if model.startswith("moe-") and model not in gateway.registry.models():
+        raise APIError(501, f"'{asked}': NOMYO Router's moe- models (several answers of one model, critiqued, "
+                            f"the best one chosen) are not served here; ask for '{model[4:]}' itself.",
+                       param="model", code="moe_not_supported")
     cached = await lookup(gateway, route, body, model, owner)
     if cached.hit is not None:
         note(cache="hit")

@@ -505,3 +505,12 @@ async def test_a_streamed_answer_is_cached_once_it_finished(gateway_factory, oll
         plain = (await http.post("/api/generate", json={**body, "stream": False})).json()
         assert plain["response"] == "".join(line["response"] for line in streamed) == DEFAULT_TEXT
         assert plain["done"] is True and len(ollama.requests) == 1
+
+
+async def test_a_moe_model_is_a_clear_501(gateway_factory, ollama):
+    """NOMYO Router's ``moe-<model>`` names are not served: the answer says so and names the model."""
+    async with gateway_factory(endpoints=[ollama.url]) as http:
+        reply = await http.post("/api/chat", json={"model": "moe-tiny", "stream": False,
+                                                   "messages": [{"role": "user", "content": "hi"}]})
+        assert reply.status_code == 501 and "'tiny' itself" in reply.json()["error"]
+        assert ollama.requests_total == 0
