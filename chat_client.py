@@ -267,34 +267,11 @@ class ChatClient:
         :class:`errors.BackendTimeout`, or the upstream's error status as
         :class:`errors.APIError` (see :func:`upstream_error`).
         """
-        session = self._session or self._open_session()
         url = self.url if path == "chat/completions" else f"{self.base_url}/{path}"
-        try:
-            response = await session.post(url, data=body, headers=self.headers)
-        except TimeoutError as exc:
-            raise BackendTimeout(str(exc) or "the backend did not answer in time") from exc
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise ConnectFailed(_cause(exc)) from exc
-        if response.status >= 400:
-            await self._raise_for_status(response)
+        response = await self._send("POST", url, body)
         if stream:
             return ChatStream(response, self._max_answer_bytes)
-        try:
-            raw = await self._read_bounded(response)
-        except TimeoutError as exc:
-            response.close()
-            raise BackendTimeout(str(exc) or "the backend did not finish its answer in time") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            response.close()
-            raise self._bad(f"the answer broke off ({_cause(exc)})") from exc
-        finally:
-            response.release()
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise self._bad("the answer is not JSON") from None
-        if not isinstance(data, dict):
-            raise self._bad("the answer is not a JSON object")
+        data = await self._json_object(response)
         if not isinstance(data.get(expect), list):
             err = data.get("error")
             detail = err.get("message") if isinstance(err, dict) else err
@@ -312,6 +289,13 @@ class ChatClient:
         :class:`errors.APIError` (Ollama's ``{"error": "..."}`` message kept), or 502 for an
         answer that is not a JSON object.
         """
+        response = await self._send(method, url, body)
+        if stream:
+            return LineStream(response, self._max_answer_bytes)
+        return await self._json_object(response, empty={})
+
+    async def _send(self, method: str, url: str, body: bytes | None) -> aiohttp.ClientResponse:
+        """Open the answer of one request, its status checked (see :meth:`post` for what it raises)."""
         session = self._session or self._open_session()
         try:
             response = await session.request(method, url, data=body, headers=self.headers)
@@ -321,8 +305,12 @@ class ChatClient:
             raise ConnectFailed(_cause(exc)) from exc
         if response.status >= 400:
             await self._raise_for_status(response)
-        if stream:
-            return LineStream(response, self._max_answer_bytes)
+        return response
+
+    async def _json_object(self, response: aiohttp.ClientResponse, empty: dict | None = None) -> dict:
+        """The whole answer as a JSON object (``empty`` for an empty body, when given); the
+        response is released. Raises BackendTimeout, or a 502 for an answer that broke off or is
+        not a JSON object."""
         try:
             raw = await self._read_bounded(response)
         except TimeoutError as exc:
@@ -333,8 +321,10 @@ class ChatClient:
             raise self._bad(f"the answer broke off ({_cause(exc)})") from exc
         finally:
             response.release()
+        if empty is not None and not raw.strip():
+            return empty
         try:
-            data = orjson.loads(raw) if raw.strip() else {}
+            data = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise self._bad("the answer is not JSON") from None
         if not isinstance(data, dict):

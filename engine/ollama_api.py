@@ -35,6 +35,8 @@ import orjson
 from backends import BackendUnavailable, Endpoint
 from chat_client import ChatStream, ConnectFailed, LineStream
 from engine import ollama_translate as translate
+from engine import route_cache
+from engine.route_cache import Lookup
 from errors import APIError
 from logs import note
 from metrics import BACKEND_ERRORS
@@ -115,53 +117,21 @@ def _loaded(route: str, model: str) -> dict:
 _NOT_OPTIONS = frozenset({"model", "messages", "prompt", "stream", "keep_alive", "nomyo"})
 
 
-def _cache_asked(body: dict, route: str) -> bool:
-    """Whether ``body`` asks for the cache: ``nomyo`` must be ``{"cache": bool}`` (400 naming it
-    otherwise, or for ``cache: true`` on the embeddings routes, which have no cache)."""
-    extra = body.get("nomyo")
-    if extra is None:
-        return False
-    if not isinstance(extra, dict) or set(extra) - {"cache"} or not isinstance(extra.get("cache", False), bool):
-        raise APIError(400, "'nomyo' takes one field, 'cache': true or false.", param="nomyo", code="invalid_value")
-    wanted = extra.get("cache", False)
-    if wanted and route not in ("chat", "generate"):
-        raise APIError(400, f"POST /api/{route} has no cache; 'nomyo.cache' is for /api/chat and /api/generate.",
-                       param="nomyo.cache", code="invalid_value")
-    return wanted
-
-
-class Lookup:
-    """One request's place in the cache: ``hit`` (the cached whole answer) or None, ``asked``,
-    and :meth:`keep` to store the answer of a miss."""
-
-    def __init__(self, hit: dict | None = None, write: Callable[[dict], Any] | None = None):
-        self.hit, self._write = hit, write
-        self.asked = hit is not None or write is not None
-
-    async def keep(self, whole: dict) -> None:
-        """Store ``whole`` (Ollama's whole answer) if it finished and this was a miss."""
-        if self._write is not None and whole.get("done") is True and whole.get("done_reason") != "load":
-            await self._write(whole)
+def _finished(whole: dict) -> bool:
+    """Whether an Ollama answer may be cached: it finished (``done``) and was not a load."""
+    return whole.get("done") is True and whole.get("done_reason") != "load"
 
 
 async def lookup(gateway: Gateway, route: str, body: dict, model: str, owner: str | None) -> Lookup:
-    """Ask ``gateway.cache`` for ``body`` (``model``: aliases resolved); a request that does not
-    ask, or no cache, looks nothing up (``nomyo`` is checked all the same)."""
-    cache = gateway.cache
-    if not _cache_asked(body, route) or cache is None:
-        return Lookup()
-    messages = body.get("messages") if route == "chat" else [{"prompt": body.get("prompt")}]
-    options = {key: value for key, value in body.items() if key not in _NOT_OPTIONS}
-    if owner is not None:
-        options["owner"] = owner
-    key = (f"/api/{route}", model, messages)
-    found = await cache.get_chat(*key, options)
-    if found is not None:
-        return Lookup(hit={**orjson.loads(found), "created_at": translate.created_at()})
-
-    async def write(whole: dict) -> None:
-        await cache.set_chat(*key, orjson.dumps(whole), options)
-    return Lookup(write=write)
+    """Ask the cache for ``body`` of ``/api/<route>`` (see :func:`engine.route_cache.lookup`;
+    ``model``: aliases resolved); a hit gets a fresh ``created_at``."""
+    prompt = [{"role": "user", "content": body.get("prompt")}]
+    found = await route_cache.lookup(gateway, f"/api/{route}", body, model, owner,
+                                     messages=body.get("messages") if route == "chat" else prompt,
+                                     skip=_NOT_OPTIONS, finished=_finished, cached=route in ("chat", "generate"))
+    if found.hit is not None:
+        found.hit["created_at"] = translate.created_at()
+    return found
 
 
 async def replay(route: str, whole: dict) -> AsyncIterator[bytes]:

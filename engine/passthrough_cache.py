@@ -1,8 +1,8 @@
 """The LLM cache on OpenAI's passed-through routes: ``/v1/chat/completions`` and ``/v1/completions``.
 
-NOMYO Router's opt-in: a request body with ``"nomyo": {"cache": true}`` (and ``cache_enabled``)
-is answered from the cache when it holds an answer for the same route, model, messages (or
-prompt), answer-changing options and tenant; ``nomyo`` itself never goes upstream. Only whole
+NOMYO Router's opt-in (``engine.route_cache``): a request body with ``"nomyo": {"cache": true}``
+(and ``cache_enabled``) is answered from the cache when it holds an answer for the same route,
+model, messages (or prompt), answer-changing options and tenant. Only whole
 answers that finished are kept: a plain answer as the endpoint gave it, a stream as the answer
 its chunks add up to (:class:`StreamAssembler`). A hit is served in the form the request asked
 for: the whole answer, or for ``stream: true`` a short stream of the same chunks a model would
@@ -12,16 +12,17 @@ send (:func:`replay`), with the usage chunk when ``stream_options.include_usage`
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, AsyncIterator
 
 import orjson
 
-from errors import APIError
+from engine import route_cache
+from engine.route_cache import Lookup
 
 if TYPE_CHECKING:
     from engine.gateway import Gateway
 
-__all__ = ["CACHED_ROUTES", "nomyo_options", "Lookup", "lookup", "replay", "StreamAssembler"]
+__all__ = ["CACHED_ROUTES", "Lookup", "lookup", "replay", "StreamAssembler"]
 
 #: Routes (under ``/v1``) whose answers may be cached: NOMYO Router's cached OpenAI routes.
 CACHED_ROUTES = frozenset({"chat/completions", "completions"})
@@ -30,57 +31,13 @@ _NOT_OPTIONS = frozenset({"model", "messages", "prompt", "stream", "stream_optio
                           "store"})
 
 
-def nomyo_options(body: dict, path: str) -> bool:
-    """Whether ``body`` asks for the cache: its ``nomyo`` field, which must be ``{"cache": bool}``.
-
-    Raises APIError 400 (``param="nomyo"``) for anything else in it, or for a cache asked on
-    a route that has none (``/v1/embeddings``)."""
-    extra = body.get("nomyo")
-    if extra is None:
-        return False
-    if not isinstance(extra, dict) or set(extra) - {"cache"} or not isinstance(extra.get("cache", False), bool):
-        raise APIError(400, "'nomyo' takes one field, 'cache': true or false.", param="nomyo", code="invalid_value")
-    wanted = extra.get("cache", False)
-    if wanted and path not in CACHED_ROUTES:
-        raise APIError(400, f"POST /v1/{path} has no cache; 'nomyo.cache' is for chat and text completions.",
-                       param="nomyo.cache", code="invalid_value")
-    return wanted
-
-
-class Lookup:
-    """One request's place in the cache: ``hit`` (the cached answer, a dict) or None, ``asked``
-    (the cache was looked in), and :meth:`keep` to store the answer of a miss."""
-
-    def __init__(self, hit: dict | None, write: Callable[[dict], Awaitable[None]] | None):
-        self.hit = hit
-        self._write = write
-        self.asked = hit is not None or write is not None
-
-    async def keep(self, answer: dict) -> None:
-        """Store ``answer`` (a whole completion) unless this was a hit or the answer did not finish."""
-        if self._write is not None and _finished(answer):
-            await self._write(answer)
-
-
 async def lookup(gateway: Gateway, path: str, body: dict, model: str, owner: str | None) -> Lookup:
-    """Ask the cache for ``body`` (see the module); ``model`` is the gateway's name of the model
-    (aliases resolved). Without a cache, or a request that does not ask, nothing is looked up
-    or stored (``nomyo`` is checked all the same)."""
-    cache = gateway.cache
-    if not nomyo_options(body, path) or cache is None:
-        return Lookup(None, None)
-    messages = body.get("messages") if path == "chat/completions" else [{"role": "user", "content": body.get("prompt")}]
-    options = {key: value for key, value in body.items() if key not in _NOT_OPTIONS}
-    if owner is not None:
-        options["owner"] = owner
-    route = f"/v1/{path}"
-    found = await cache.get_chat(route, model, messages, options)
-    if found is not None:
-        return Lookup(orjson.loads(found), None)
-
-    async def write(answer: dict) -> None:
-        await cache.set_chat(route, model, messages, orjson.dumps(answer), options)
-    return Lookup(None, write)
+    """Ask the cache for ``body`` of ``/v1/<path>`` (see :func:`engine.route_cache.lookup`);
+    ``model`` is the gateway's name of the model (aliases resolved)."""
+    prompt = [{"role": "user", "content": body.get("prompt")}]
+    return await route_cache.lookup(gateway, f"/v1/{path}", body, model, owner,
+                                    messages=body.get("messages") if path == "chat/completions" else prompt,
+                                    skip=_NOT_OPTIONS, finished=_finished, cached=path in CACHED_ROUTES)
 
 
 def _finished(answer: dict) -> bool:
