@@ -48,8 +48,16 @@ QUEUE_SECONDS = Histogram("nomyo_router_queue_wait_seconds", "Time a request wai
 BACKGROUND_FINISHED = Counter("nomyo_router_background_jobs_finished", "Background responses ended, by final "
                               "status.", ["status"], registry=REGISTRY)
 
-_FAMILIES = ("/v1/responses", "/v1/responses/input_tokens", "/v1/responses/compact", "/v1/conversations",
-             "/v1/models", "/health", "/api/usage", "/v1/usage", "/metrics")
+_FAMILIES = frozenset({
+    "/v1/responses", "/v1/responses/input_tokens", "/v1/responses/compact", "/v1/conversations", "/v1/models",
+    "/health", "/api/usage", "/v1/usage", "/metrics",
+    # OpenAI's routes passed through, and Ollama's
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+    "/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show", "/api/tags", "/api/ps",
+    "/api/ps_details", "/api/version", "/api/pull", "/api/push", "/api/delete", "/api/copy", "/api/create",
+    # token statistics, the cache, the dashboard
+    "/api/token_counts", "/api/stats", "/api/aggregate_time_series_days", "/api/cache/stats",
+    "/api/cache/invalidate", "/", "/dashboard", "/api/usage-stream", "/api/config"})
 
 
 def route_family(path: str) -> str:
@@ -59,6 +67,8 @@ def route_family(path: str) -> str:
     if path.startswith("/v1/conversations/"):
         _, _, tail = path[len("/v1/conversations/"):].partition("/")
         return "/v1/conversations/{id}" + ("/items/{id}" if "/" in tail else "/items" if tail == "items" else "")
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{id}"
     if path.startswith("/v1/responses/"):
         rest = path[len("/v1/responses/"):]
         _, _, tail = rest.partition("/")

@@ -90,6 +90,10 @@ async def test_metrics_count_requests_by_route_and_status(app_factory, ollama):
         await http.get("/v1/responses/resp_nope")
         await http.get("/v1/responses/resp_nope/input_items")
         await http.get("/no/such/path")
+        chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+        await http.post("/api/chat", json=chat)
+        await http.post("/v1/chat/completions", json=chat)
+        await http.get("/v1/models/tiny:latest")
         after = await _metrics(http)
 
         def delta(**labels):
@@ -100,6 +104,8 @@ async def test_metrics_count_requests_by_route_and_status(app_factory, ollama):
         assert delta(route="/v1/responses/{id}", status="404") == 1
         assert delta(route="/v1/responses/{id}/input_items", status="404") == 1
         assert delta(route="other", status="404") == 1
+        assert delta(route="/api/chat", status="200") == delta(route="/v1/chat/completions", status="200") == 1
+        assert delta(route="/v1/models/{id}", status="200") == 1
         count = "nomyo_router_request_seconds_count"
         assert metric(after, count, route="/v1/responses") - metric(before, count, route="/v1/responses") == 6
         assert "resp_" not in after and "/no/such/path" not in after      # bounded labels
