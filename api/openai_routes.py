@@ -53,8 +53,10 @@ async def embeddings(request: Request) -> Response:
 @router.get("/v1/models/{model:path}")
 async def retrieve_model(request: Request, model: str) -> Response:
     """OpenAI ``GET /v1/models/{model}``: a model a reachable endpoint serves (or an alias of
-    one), else 404 ``model_not_found``."""
-    if model not in gateway_of(request).registry.models():
+    one, or an Ollama name without its implied ``:latest``), else 404 ``model_not_found``."""
+    gateway = gateway_of(request)
+    if model not in gateway.registry.models() and not gateway.registry.candidates(
+            gateway.settings.model_aliases.get(model, model)):
         raise APIError(404, f"The model '{model}' does not exist or is not served by any endpoint.",
                        param="model", code="model_not_found")
     return json_response({"id": model, "object": "model", "created": int(time.time()), "owned_by": "nomyo-router"})

@@ -60,6 +60,7 @@ async def test_text_completions_plain_and_streamed(gw):
 async def test_models_by_id(gw):
     assert (await gw.get("/v1/models/tiny:latest")).json()["id"] == "tiny:latest"
     assert (await gw.get("/v1/models/gpt-4o-mini")).status_code == 200          # an alias of a served model
+    assert (await gw.get("/v1/models/tiny")).json()["id"] == "tiny"             # Ollama's implied :latest
     assert_openai_error(await gw.get("/v1/models/nope"), 404, "model_not_found")
 
 
