@@ -171,6 +171,17 @@ async def _follow(http: httpx.AsyncClient, response_id: str, after: int | None =
         return await read_events(reply)
 
 
+async def _one_event_after(http: httpx.AsyncClient, response_id: str, after: int) -> dict:
+    """The first stored event past sequence number ``after`` (waits for it to be produced)."""
+    params = {"stream": "true", "starting_after": str(after)}
+    async with http.stream("GET", f"/v1/responses/{response_id}", params=params) as reply:
+        assert reply.status_code == 200, await reply.aread()
+        async for line in reply.aiter_lines():
+            if line.startswith("data: "):
+                return orjson.loads(line[6:])
+    raise AssertionError(f"the stream of {response_id} ended without an event past {after}")
+
+
 async def test_a_stream_started_on_a_followed_from_b_is_cancelled_from_c(replicas, slow):
     """The cancel reaches the replica that runs the stream, which stops the upstream call; C
     answers the final state, and the follower on B sees the stream end so."""
@@ -220,6 +231,9 @@ async def test_a_replica_killed_mid_stream_is_taken_over(replicas, slow):
                 break
             await asyncio.sleep(0.05)
         assert slow.in_flight == LIMIT
+        # A has produced (and stored) more than the events its client read: they must survive it
+        assert (await asyncio.wait_for(_one_event_after(b, response_id, len(first) - 1), 60))["sequence_number"] \
+            == len(first)
         killed_at = time.monotonic()
         replicas[0].kill()
         followed = await asyncio.wait_for(follower, 60)
