@@ -52,7 +52,7 @@ _FAMILIES = frozenset({
     "/v1/responses", "/v1/responses/input_tokens", "/v1/responses/compact", "/v1/conversations", "/v1/models",
     "/health", "/api/usage", "/v1/usage", "/metrics",
     # OpenAI's routes passed through, and Ollama's
-    "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/rerank",
     "/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show", "/api/tags", "/api/ps",
     "/api/ps_details", "/api/version", "/api/pull", "/api/push", "/api/delete", "/api/copy", "/api/create",
     # token statistics, the cache, the dashboard

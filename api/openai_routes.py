@@ -50,6 +50,14 @@ async def embeddings(request: Request) -> Response:
     return await _pass(request, "embeddings")
 
 
+@router.post("/v1/rerank")
+@router.post("/rerank")
+async def rerank(request: Request) -> Response:
+    """``POST /v1/rerank`` (also ``/rerank``): documents ranked against a ``query`` by a reranker
+    model (llama.cpp's server, vLLM; Jina's and Cohere's shape), passed through."""
+    return await _pass(request, "rerank")
+
+
 @router.get("/v1/models/{model:path}")
 async def retrieve_model(request: Request, model: str) -> Response:
     """OpenAI ``GET /v1/models/{model}``: a model a reachable endpoint serves (or an alias of

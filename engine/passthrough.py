@@ -1,13 +1,14 @@
 """OpenAI's own routes beside the Responses API, passed through on the same routing.
 
-``/v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings`` go to an endpoint of
-the model asked, chosen as a turn's is (loaded first, least busy; the same usage slots and
+``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` and ``/v1/rerank`` (llama.cpp's
+and vLLM's, Jina's and Cohere's shape; never on an Ollama endpoint, which has none) go to an
+endpoint of the model asked, chosen as a turn's is (loaded first, least busy; the same usage slots and
 ``max_concurrent_connections``, shared by replicas; failover while endpoints cannot be
 reached), with the request body as the client sent it but for ``model`` (the name the
 endpoint knows it by; ``model_aliases`` apply). The answer comes back as the endpoint gave
 it; a stream is relayed chunk by chunk in OpenAI's SSE form and its slot is held until it
 ends or the client leaves (which closes the upstream stream). Every endpoint kind speaks
-these routes: Ollama and llama.cpp's server in their OpenAI-compatible API, vLLM, OpenAI.
+the first three: Ollama and llama.cpp's server in their OpenAI-compatible API, vLLM, OpenAI.
 
 Each answer's usage is counted in the token statistics (``gateway.token_stats``) and the
 request log; a stream is asked for its usage chunk (``stream_options.include_usage``) even
@@ -39,7 +40,10 @@ log = logging.getLogger("nomyo_router.passthrough")
 
 #: Route path under ``/v1`` -> the list every answer of it has (``choices``, ``data``), and
 #: whether it may stream.
-ROUTES = {"chat/completions": ("choices", True), "completions": ("choices", True), "embeddings": ("data", False)}
+ROUTES = {"chat/completions": ("choices", True), "completions": ("choices", True), "embeddings": ("data", False),
+          "rerank": ("results", False)}
+#: Routes Ollama's endpoints do not have: only the other endpoints of a model are asked.
+NOT_ON_OLLAMA = frozenset({"rerank"})
 
 
 @dataclass
@@ -87,6 +91,12 @@ async def forward(gateway: Gateway, path: str, body: dict, owner: str | None = N
         body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
     registry, calls = gateway.registry, gateway.calls
     excluded: set[str] = set()
+    if path in NOT_ON_OLLAMA:
+        excluded = {url for url, ep in registry.endpoints.items() if ep.kind == "ollama"}
+        if not registry.candidates(model, excluded) and registry.candidates(model):
+            raise APIError(501, f"POST /v1/{path}: the model '{asked}' is served by Ollama endpoints only, and Ollama "
+                                f"has no {path}; serve it from llama.cpp's server (--reranking) or vLLM.",
+                           param="model", code="not_ollama_endpoint")
     while True:
         endpoint, name = await calls.choose_endpoint(registry, model, excluded)
         note(endpoint=endpoint, upstream_model=name)

@@ -205,3 +205,24 @@ async def test_usage_shows_nomyo_routers_own_maps(gateway_factory, ollama):
         after = (await http.get("/api/usage")).json()
         assert after["usage_counts"] == {}
         assert after["token_usage_counts"] == {ollama.url: {"tiny:latest": usage["total_tokens"]}}
+
+
+async def test_rerank_goes_to_an_openai_compatible_endpoint(gateway_factory, ollama):
+    """``/v1/rerank`` (and ``/rerank``) is passed through to a server that has it (the scripted
+    server's OpenAI-compatible layer, as llama.cpp's server or vLLM), its usage counted."""
+    async with gateway_factory(endpoints=[f"{ollama.url}/v1"]) as http:
+        body = {"model": "tiny:latest", "query": "capital of france",
+                "documents": ["bread recipes", "paris is the capital of france", "the capital city"], "top_n": 2}
+        for path in ("/v1/rerank", "/rerank"):
+            reply = await http.post(path, json=body)
+            assert reply.status_code == 200, reply.text
+            assert [r["index"] for r in reply.json()["results"]] == [1, 2]
+        assert ollama.requests[-1]["documents"] == body["documents"]
+        totals = router.app.state.gateway.token_stats.totals
+        assert totals[(f"{ollama.url}/v1", "tiny:latest")][0] == 2 * 3
+
+
+async def test_rerank_of_a_model_only_ollama_serves_is_a_501(gw, ollama):
+    reply = await gw.post("/v1/rerank", json={"model": "tiny", "query": "q", "documents": ["d"]})
+    error = assert_openai_error(reply, 501, "not_ollama_endpoint")
+    assert "Ollama" in error["message"] and ollama.requests == []

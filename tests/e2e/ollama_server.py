@@ -4,7 +4,7 @@ Native endpoints (``/api/version``, ``/api/tags``, ``/api/ps``, NDJSON ``/api/ch
 ``/api/generate``, ``/api/embed``, ``/api/embeddings``, ``/api/show``, and model management:
 ``/api/pull``, ``/api/push``, ``/api/create``, ``/api/delete``, ``/api/copy``) and the
 OpenAI-compatible layer (``/v1/models``, ``/v1/chat/completions`` as JSON or SSE,
-``/v1/completions``, ``/v1/embeddings``) answer with deterministic replies (see ``_Reply``),
+``/v1/completions``, ``/v1/embeddings``, and ``/v1/rerank`` as llama.cpp's server has it) answer with deterministic replies (see ``_Reply``),
 under fault-injection knobs and request counters (see ``OllamaTestServer``). One word is one token.
 
 Standalone: ``python tests/e2e/ollama_server.py --port 11434 --models tiny:latest``.
@@ -441,6 +441,19 @@ class OllamaTestServer:
                           "data": [{"object": "embedding", "index": n, "embedding": embedding_of(str(text))}
                                    for n, text in enumerate(texts)]})
 
+        async def openai_rerank(request: Request) -> Response:
+            """llama.cpp's and vLLM's ``/v1/rerank`` (Ollama has none): a document's score is the
+            share of the query's words it contains."""
+            body = orjson.loads(await request.body())
+            self.requests.append(body)
+            if self._resolve(body.get("model")) is None:
+                return _openai_error(404, f'model "{body.get("model")}" not found')
+            words = set(str(body.get("query", "")).lower().split())
+            scores = [len(words & set(str(doc).lower().split())) / max(1, len(words)) for doc in body["documents"]]
+            ranked = sorted(range(len(scores)), key=lambda i: -scores[i])[:body.get("top_n") or len(scores)]
+            return _json({"model": body["model"], "usage": {"prompt_tokens": len(words), "total_tokens": len(words)},
+                          "results": [{"index": i, "relevance_score": scores[i]} for i in ranked]})
+
         async def openai_completions(request: Request) -> Response | _Stream:
             body = orjson.loads(await request.body())
             self.requests.append(body)
@@ -482,6 +495,7 @@ class OllamaTestServer:
             Route("/v1/chat/completions", openai_chat, methods=["POST"]),
             Route("/v1/completions", openai_completions, methods=["POST"]),
             Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
+            Route("/v1/rerank", openai_rerank, methods=["POST"]),
             Route("/_test/stats", reply_with(self.stats)),
         ])
 
