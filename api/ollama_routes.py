@@ -18,7 +18,7 @@ clients show as part of the object.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import anyio
 from fastapi import APIRouter, Request
@@ -68,9 +68,10 @@ class NDJSONResponse(StreamingResponse):
     """An ``application/x-ndjson`` stream that always closes its body (shielded from
     cancellation) however it ends, so the upstream stream is closed and its slot given back."""
 
-    def __init__(self, content: Any):
+    def __init__(self, content: Any, on_close: Callable[[], Awaitable[Any]] | None = None):
         super().__init__(content, media_type="application/x-ndjson",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.on_close = on_close
 
     async def stream_response(self, send: Any) -> None:
         try:
@@ -78,6 +79,8 @@ class NDJSONResponse(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await self.body_iterator.aclose()
+                if self.on_close is not None:  # the slot, when the body never started
+                    await self.on_close()
 
 
 def _no_query(request: Request, allowed: tuple[str, ...] = ()) -> None:
@@ -96,7 +99,7 @@ async def _body(request: Request) -> dict:
 
 def _reply(answer: Answer) -> Response:
     if answer.stream is not None:
-        return NDJSONResponse(answer.stream)
+        return NDJSONResponse(answer.stream, answer.on_close)
     return json_response(answer.body, answer.status)
 
 

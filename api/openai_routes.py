@@ -28,7 +28,7 @@ async def _pass(request: Request, path: str) -> Response:
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
     forwarded = await _unless_client_leaves(request, forward(gateway_of(request), path, body, owner_of(request)))
     if forwarded.stream is not None:
-        return EventStreamResponse(forwarded.stream)
+        return EventStreamResponse(forwarded.stream, on_close=forwarded.on_close)
     return json_response(forwarded.body)
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
 import orjson
 
@@ -36,6 +36,7 @@ from backends import BackendUnavailable, Endpoint
 from chat_client import ChatStream, ConnectFailed, LineStream
 from engine import ollama_translate as translate
 from engine import route_cache
+from engine.held_stream import HeldStream
 from engine.route_cache import Lookup
 from errors import APIError
 from logs import note
@@ -63,11 +64,13 @@ _ANSWERS: dict[str, Callable[[dict, str, int], dict]] = {
 @dataclass
 class Answer:
     """What a route answers: ``body`` (a JSON object, with HTTP ``status``), or ``stream``
-    (NDJSON bytes; it gives its slot back when it ends or is closed)."""
+    (NDJSON bytes; it gives its slot back when it ends or is closed) and ``on_close``."""
 
     body: dict | None = None
     stream: AsyncIterator[bytes] | None = None
     status: int = 200
+    #: What the response runs when it closes: gives the slot back if the stream never started.
+    on_close: Callable[[], Awaitable[None]] | None = None
 
 
 def ndjson(lines: list[dict]) -> bytes:
@@ -289,7 +292,8 @@ async def serve(gateway: Gateway, route: str, body: dict, owner: str | None = No
         native = ep.kind == "ollama"
         if isinstance(answer, (ChatStream, LineStream)):
             lines = _NativeLines() if native else translate.StreamLines(route, asked)
-            return Answer(stream=_relay(gateway, answer, (endpoint, name), route, lines, started, cached))
+            held = HeldStream(gateway, answer, endpoint, name)
+            return Answer(stream=_relay(gateway, held, route, lines, started, cached), on_close=held.release)
         await calls.decrement_usage(registry, endpoint, name)
         whole = answer if native else _ANSWERS[route](answer, asked, time.monotonic_ns() - started)
         _count(gateway, endpoint, name, whole, None if native else answer.get("usage"))
@@ -341,16 +345,16 @@ async def _once(answer: dict) -> AsyncIterator[bytes]:
     yield ndjson([answer])
 
 
-async def _relay(gateway: Gateway, upstream: ChatStream | LineStream, slot: tuple[str, str], route: str,
-                 lines: Any, started: int, cached: Lookup) -> AsyncIterator[bytes]:
-    """The upstream stream as Ollama NDJSON. One that breaks, or ends before its ``done``
-    object, ends with an ``{"error": ...}`` line; the ``done`` object's counts are counted, and
-    a stream that finished is offered to the cache. Closes the upstream and gives the slot back
-    however it ends."""
+async def _relay(gateway: Gateway, held: HeldStream, route: str, lines: Any, started: int,
+                 cached: Lookup) -> AsyncIterator[bytes]:
+    """The upstream stream (``held``: a ChatStream or LineStream) as Ollama NDJSON. One that
+    breaks, or ends before its ``done`` object, ends with an ``{"error": ...}`` line; the
+    ``done`` object's counts are counted, and a stream that finished gives its slot back, then
+    is offered to the cache. Closes the upstream and gives the slot back however it ends."""
     assembled = Assembled(route)
     try:
         try:
-            async for batch in upstream.batches():
+            async for batch in held.upstream.batches():
                 out = [line for chunk in batch for line in lines.feed(chunk)]
                 if out:
                     for line in out:
@@ -365,13 +369,13 @@ async def _relay(gateway: Gateway, upstream: ChatStream | LineStream, slot: tupl
             return
         if assembled.final is None and assembled.error is None:
             out.append({"error": "The backend's stream ended before its final (done) object."})
-        if out:
-            yield ndjson(out)
+        await held.release()
         if assembled.final is not None:
-            _count(gateway, *slot, assembled.final)
+            _count(gateway, held.endpoint, held.model, assembled.final)
             whole = assembled.answer()
             if whole is not None:
                 await cached.keep(whole)
+        if out:
+            yield ndjson(out)
     finally:
-        await upstream.aclose()
-        await gateway.calls.decrement_usage(gateway.registry, *slot)
+        await held.release()

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 
 import orjson
 
 from backends import BackendUnavailable
 from chat_client import ChatStream, ConnectFailed
+from engine.held_stream import HeldStream
 from engine.passthrough_cache import Lookup, StreamAssembler, lookup, replay
 from errors import APIError
 from logs import note
@@ -49,10 +50,12 @@ NOT_ON_OLLAMA = frozenset({"rerank"})
 @dataclass
 class Forwarded:
     """The endpoint's answer: ``body`` (a dict), or ``stream`` (SSE bytes to relay, which gives
-    the slot back when it ends or is closed)."""
+    the slot back when it ends or is closed) and ``on_close``, which the response runs when it
+    closes (it gives the slot back if the stream never started)."""
 
     body: dict | None = None
     stream: AsyncIterator[bytes] | None = None
+    on_close: Callable[[], Awaitable[None]] | None = None
 
 
 def _model_of(body: dict, path: str) -> str:
@@ -118,7 +121,8 @@ async def forward(gateway: Gateway, path: str, body: dict, owner: str | None = N
                 BACKEND_ERRORS.labels(endpoint, str(exc.status)).inc()
             raise
         if isinstance(answer, ChatStream):
-            return Forwarded(stream=_relay(gateway, answer, (endpoint, name), path, cached, hide_usage))
+            held = HeldStream(gateway, answer, endpoint, name)
+            return Forwarded(stream=_relay(gateway, held, path, cached, hide_usage), on_close=held.release)
         await calls.decrement_usage(registry, endpoint, name)
         _count(gateway, endpoint, name, answer.get("usage"))
         await cached.keep(answer)
@@ -134,16 +138,16 @@ def _count(gateway: Gateway, endpoint: str, model: str, usage: object) -> None:
     gateway.token_stats.record(endpoint, model, prompt, completion)
 
 
-async def _relay(gateway: Gateway, upstream: ChatStream, slot: tuple[str, str], path: str, cached: Lookup,
+async def _relay(gateway: Gateway, held: HeldStream, path: str, cached: Lookup,
                  hide_usage: bool) -> AsyncIterator[bytes]:
     """The upstream stream's chunks as SSE frames, then ``data: [DONE]``; a stream that breaks
     ends with an ``error`` frame, as OpenAI's do. The usage chunk is counted (and kept back
-    with ``hide_usage``); a stream that finished is offered to the cache. Closes the upstream
-    and gives the ``(endpoint, model)`` slot back however it ends."""
+    with ``hide_usage``); a stream that finished gives its slot back, then is offered to the
+    cache. Closes the upstream and gives the slot back however it ends."""
     assembled = StreamAssembler(path)
     try:
         try:
-            async for batch in upstream.batches():
+            async for batch in held.upstream.batches():
                 for chunk in batch:
                     assembled.add(chunk)
                 if hide_usage:
@@ -155,9 +159,9 @@ async def _relay(gateway: Gateway, upstream: ChatStream, slot: tuple[str, str], 
             yield b"data: " + orjson.dumps({"error": {"message": exc.message, "type": exc.type,
                                                       "code": exc.code}}) + b"\n\n"
             return
-        _count(gateway, *slot, assembled.usage)
+        _count(gateway, held.endpoint, held.model, assembled.usage)
+        await held.release()
         await cached.keep(assembled.answer())
         yield b"data: [DONE]\n\n"
     finally:
-        await upstream.aclose()
-        await gateway.calls.decrement_usage(gateway.registry, *slot)
+        await held.release()

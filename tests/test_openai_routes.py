@@ -226,3 +226,33 @@ async def test_rerank_of_a_model_only_ollama_serves_is_a_501(gw, ollama):
     reply = await gw.post("/v1/rerank", json={"model": "tiny", "query": "q", "documents": ["d"]})
     error = assert_openai_error(reply, 501, "not_ollama_endpoint")
     assert "Ollama" in error["message"] and ollama.requests == []
+
+
+@pytest.mark.parametrize("route", ["openai", "ollama"])
+async def test_a_stream_whose_answer_never_starts_gives_its_slot_back(gw, ollama, route):
+    """A client gone before the first byte: the relaying generator never runs, and the response
+    still closes the upstream stream and gives the slot back."""
+    from api.ollama_routes import NDJSONResponse
+    from api.sse import EventStreamResponse
+    from engine.ollama_api import serve
+    from engine.passthrough import forward
+
+    gateway = router.app.state.gateway
+    body = {"model": "tiny", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    if route == "openai":
+        answer = await forward(gateway, "chat/completions", body)
+        response = EventStreamResponse(answer.stream, on_close=answer.on_close)
+    else:
+        answer = await serve(gateway, "chat", body)
+        response = NDJSONResponse(answer.stream, answer.on_close)
+    assert gateway.registry.usage == {(ollama.url, "tiny:latest"): 1}
+
+    async def send(message):
+        raise OSError("the client is gone")
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    with pytest.raises(Exception):
+        await response({"type": "http", "asgi": {"spec_version": "2.4"}, "method": "POST", "path": "/"}, receive, send)
+    assert gateway.registry.usage == {}
