@@ -113,7 +113,7 @@ class _Cache:
         if bypasses(model):
             return
         probe = None
-        if self.semantic is not None and self.semantic.shareable(value):
+        if self.semantic is not None and await self.semantic.shareable_answer(value):
             probe = await self._probe(route, model, messages, options)
         await self._put(cache_key(route, model, messages, options), value, probe)
 

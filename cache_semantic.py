@@ -51,13 +51,23 @@ __all__ = ["SemanticIndex", "Probe", "Conversation", "conversation", "holds_pers
 
 #: The earlier messages of a conversation that make its history vector (the newest ones).
 HISTORY_MESSAGES = 6
-#: Vectors of recent texts kept, so a lookup and the write of its answer embed once.
+#: Vectors of recent texts kept (by a hash of the text), so a lookup and the write of its answer
+#: embed once.
 _REMEMBERED = 2048
+#: Characters of a text the encoder is given: far past its 256 word pieces, so the vector is the
+#: same, and a huge message costs no more than this to tokenize.
+_MAX_TEXT_CHARS = 8192
 _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
-_PERSONAL = re.compile(r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}"                  # e-mail
+#: Bounded repeats (RFC 5321's lengths) keep the search linear in the answer's length.
+_PERSONAL = re.compile(r"[\w.%+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){0,8}\.[A-Za-z]{2,24}"  # e-mail
                        r"|\b[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\b"   # UUID
                        r"|(?<![\d.])\d{8,}(?![\d.])")                                  # long digit run
 _ANSWER_TEXT_FIELDS = frozenset({"text", "content", "arguments", "refusal"})
+
+
+def _digest(text: str) -> bytes:
+    """The key a text's vector is remembered by."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
 @dataclass(frozen=True)
@@ -181,21 +191,27 @@ class SemanticIndex:
     async def embed(self, texts: list[str]) -> np.ndarray:
         """Unit vectors of ``texts`` (``(n, 384)`` float32), those not remembered encoded in one
         batch on the worker thread."""
-        wanted = [text for text in dict.fromkeys(texts) if text not in self._remembered]
+        cut = {_digest(text): text[:_MAX_TEXT_CHARS] for text in texts}
+        keys = list(cut)
+        wanted = [key for key in keys if key not in self._remembered]
         if wanted:
-            for text, vector in zip(wanted, await self._run(self.encoder.encode, wanted)):
-                self._remembered[text] = vector
+            for key, vector in zip(wanted, await self._run(self.encoder.encode, [cut[key] for key in wanted])):
+                self._remembered[key] = vector
                 while len(self._remembered) > _REMEMBERED:
                     self._remembered.popitem(last=False)
         vectors = []
-        for text in texts:
-            vector = self._remembered.get(text)
+        for key in (_digest(text) for text in texts):
+            vector = self._remembered.get(key)
             if vector is None:  # forgotten meanwhile (many concurrent requests): encode it again
-                vector = (await self._run(self.encoder.encode, [text]))[0]
+                vector = (await self._run(self.encoder.encode, [cut[key]]))[0]
             else:
-                self._remembered.move_to_end(text)
+                self._remembered.move_to_end(key)
             vectors.append(vector)
         return np.stack(vectors)
+
+    async def shareable_answer(self, value: bytes) -> bool:
+        """:meth:`shareable`, on the worker thread (a long answer is searched off the event loop)."""
+        return await self._run(self.shareable, value)
 
     def query_vector(self, question: np.ndarray, history: np.ndarray) -> np.ndarray:
         """The query vector of a question's and its earlier messages' vectors (oldest first):

@@ -122,7 +122,7 @@ def test_only_plain_text_conversations_are_matched_by_meaning():
 def test_personal_data_is_recognised_in_answers():
     from cache_semantic import holds_personal_data
     for text in ("Write to jane.doe@example.org.", "Your id is 123e4567-e89b-12d3-a456-426614174000.",
-                 "Account 1234567890 is open."):
+                 "Account 1234567890 is open.", "abc." * 20_000 + " then mail jane@example.org"):
         assert holds_personal_data(answer(text)), text
     for text in ("Paris is the capital of France.", "Call 112 in an emergency.", "It costs 1234567.89 euros."):
         assert not holds_personal_data(answer(text)), text
