@@ -80,6 +80,10 @@ async def forward(gateway: Gateway, path: str, body: dict, owner: str | None = N
     stream = body.get("stream") is True
     if stream and not streams:
         raise APIError(400, f"POST /v1/{path} does not stream.", param="stream", code="invalid_value")
+    options = body.get("stream_options")
+    if options is not None and (not isinstance(options, dict) or not stream):
+        raise APIError(400, "'stream_options' must be an object, and is only for 'stream': true.",
+                       param="stream_options", code="invalid_value")
     note(model=asked)
     model = gateway.settings.model_aliases.get(asked, asked)
     cached = await lookup(gateway, path, body, model, owner)

@@ -71,6 +71,10 @@ async def test_bad_requests_are_named(gw):
                         "invalid_value")
     assert_openai_error(await gw.post("/v1/chat/completions", json={"model": "nope", "messages": [
         {"role": "user", "content": "hi"}]}), 404, "model_not_found")
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+    for extra in ({"stream": True, "stream_options": "yes"}, {"stream": True, "stream_options": ["include_usage"]},
+                  {"stream_options": {"include_usage": True}}):
+        assert_openai_error(await gw.post("/v1/chat/completions", json={**chat, **extra}), 400, "invalid_value")
     assert_openai_error(await gw.post("/v1/chat/completions", content=b"[1]",
                                       headers={"Content-Type": "application/json"}), 400, "invalid_json")
 
