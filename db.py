@@ -11,6 +11,7 @@ schema version; :data:`MIGRATIONS` upgrades older stores in order.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,9 +26,11 @@ import aiosqlite
 import orjson
 
 from db_conversations import ConversationTables
-from db_token_stats import TOKEN_STATS_MIGRATION, TokenTables
+from db_token_stats import TOKEN_STATS_MIGRATION, TokenTables, import_legacy_tables, set_legacy_tables_aside
 
 __all__ = ["ResponseStore", "StoreInUse", "Chain", "SCHEMA_VERSION", "ACTIVE"]
+
+log = logging.getLogger("nomyo_router.store")
 
 #: The statuses of a response that has not ended yet.
 ACTIVE = ("queued", "in_progress")
@@ -308,10 +311,14 @@ class ResponseStore(ConversationTables, TokenTables):
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"store {self.path} has schema version {version}, newer than "
                                f"this gateway's {SCHEMA_VERSION}")
+        if version == 0 and await set_legacy_tables_aside(self.conn):
+            log.info("%s is NOMYO Router's token database: its token statistics are imported", self.path)
         for step in range(version, SCHEMA_VERSION):
             await self.conn.executescript(f"BEGIN; {MIGRATIONS[step]}; "
                                           f"INSERT OR REPLACE INTO meta VALUES ('schema_version', '{step + 1}'); "
                                           "COMMIT;")
+        if await import_legacy_tables(self.conn):
+            log.info("imported NOMYO Router's token statistics into %s", self.path)
 
     def describe(self) -> str:
         """The store's file, for logs."""

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable
 
 import aiosqlite
 
-__all__ = ["TokenTables", "TOKEN_STATS_MIGRATION", "DAY", "MINUTE", "TIME_SERIES_LIMIT", "TokenRow",
+__all__ = ["TokenTables", "TOKEN_STATS_MIGRATION", "LEGACY_TABLES", "set_legacy_tables_aside", "import_legacy_tables", "DAY", "MINUTE", "TIME_SERIES_LIMIT", "TokenRow",
            "pair_totals", "fold_cutoff", "count_dict", "series_entry"]
 
 #: Seconds in a time-series bucket and in a folded day.
@@ -72,6 +72,65 @@ CREATE TABLE token_time_series_daily (
     PRIMARY KEY (model, endpoint, day)
 ) WITHOUT ROWID;
 """
+
+# ── NOMYO Router's own token database ─────────────────────────────────────────
+#: NOMYO Router's tables (its ``db_path``, ``token_counts.db``), as a store pointed at that file finds
+#: them, and the names they are kept under until they are imported.
+LEGACY_TABLES = {"token_counts": "legacy_token_counts", "token_time_series": "legacy_token_time_series",
+                 "token_time_series_daily": "legacy_token_time_series_daily"}
+
+_LEGACY_IMPORT = {
+    "legacy_token_counts": """
+INSERT INTO token_counts (endpoint, model, input_tokens, output_tokens, total_tokens)
+SELECT endpoint, model, sum(coalesce(input_tokens, 0)), sum(coalesce(output_tokens, 0)), sum(coalesce(total_tokens, 0))
+FROM legacy_token_counts WHERE endpoint IS NOT NULL AND model IS NOT NULL GROUP BY endpoint, model;""",
+    # its per-request rows, in minutes
+    "legacy_token_time_series": f"""
+INSERT INTO token_time_series (model, endpoint, timestamp, folded, input_tokens, output_tokens, total_tokens)
+SELECT model, endpoint, timestamp / {MINUTE} * {MINUTE}, 0, sum(coalesce(input_tokens, 0)),
+       sum(coalesce(output_tokens, 0)), sum(coalesce(total_tokens, 0))
+FROM legacy_token_time_series WHERE model IS NOT NULL AND endpoint IS NOT NULL AND timestamp IS NOT NULL
+GROUP BY model, endpoint, timestamp / {MINUTE} * {MINUTE};""",
+    # its folded days, where their rows were trimmed (a day whose rows it kept is in them already)
+    "legacy_token_time_series_daily": f"""
+INSERT INTO token_time_series_daily (model, endpoint, day, input_tokens, output_tokens, total_tokens)
+SELECT d.model, d.endpoint, CAST(strftime('%s', d.date) AS INTEGER) AS start, sum(coalesce(d.input_tokens, 0)),
+       sum(coalesce(d.output_tokens, 0)), sum(coalesce(d.total_tokens, 0))
+FROM legacy_token_time_series_daily d
+WHERE d.model IS NOT NULL AND d.endpoint IS NOT NULL AND strftime('%s', d.date) IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM token_time_series s WHERE s.model = d.model AND s.endpoint = d.endpoint
+                  AND s.timestamp / {DAY} = CAST(strftime('%s', d.date) AS INTEGER) / {DAY})
+GROUP BY d.model, d.endpoint, start;""",
+}
+
+
+async def set_legacy_tables_aside(conn: aiosqlite.Connection) -> bool:
+    """In a file that is NOMYO Router's token database (a ``token_counts`` table and no schema
+    version of this store's), rename its tables (:data:`LEGACY_TABLES`) so this store's can be
+    made; one transaction. Whether it was such a file."""
+    names = {row[0] for row in await (await conn.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+             .fetchall()}
+    if "token_counts" not in names:
+        return False
+    await conn.executescript("BEGIN; " + " ".join(f"ALTER TABLE {old} RENAME TO {new};" for old, new in
+                                                  LEGACY_TABLES.items() if old in names) + " COMMIT;")
+    return True
+
+
+async def import_legacy_tables(conn: aiosqlite.Connection) -> bool:
+    """Add what NOMYO Router's tables set aside by :func:`set_legacy_tables_aside` hold to this
+    store's token statistics, and drop them; one transaction, so an import cut short is done
+    again at the next start. Whether there was anything to import."""
+    names = {row[0] for row in await (await conn.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+             .fetchall()}
+    present = [name for name in LEGACY_TABLES.values() if name in names]
+    if not present:
+        return False
+    script = "".join(_LEGACY_IMPORT[name] for name in present) + "".join(f"DROP TABLE {name};" for name in
+                                                                          reversed(present))
+    await conn.executescript(f"BEGIN; {script} COMMIT;")
+    return True
+
 
 _ADD_TOTALS_SQL = (
     "INSERT INTO token_counts (endpoint, model, input_tokens, output_tokens, total_tokens) VALUES (?,?,?,?,?)"

@@ -388,3 +388,52 @@ async def test_compaction_calls_are_counted(gateway_factory, ollama):
         assert [item["type"] for item in second["output"]] == ["compaction", "message"]
         assert ollama.requests_total == 4
         assert (await http.get("/api/token_counts")).json()["total_tokens"] == sent_tokens()
+
+
+async def test_nomyo_routers_own_token_database_is_imported(tmp_path):
+    """A store opened on NOMYO Router's ``token_counts.db`` (its ``db_path``) takes its totals,
+    its per-request series (in minutes) and the days it folded and trimmed, then drops its tables."""
+    import sqlite3
+
+    from db import ResponseStore
+
+    path = tmp_path / "token_counts.db"
+    day = 20_000 * DAY                       # a UTC midnight, long ago
+    with sqlite3.connect(path) as legacy:    # NOMYO Router's tables, as it makes them
+        legacy.executescript("""
+            CREATE TABLE token_counts (endpoint TEXT, model TEXT, input_tokens INTEGER DEFAULT 0,
+                output_tokens INTEGER DEFAULT 0, total_tokens INTEGER DEFAULT 0, PRIMARY KEY(endpoint, model));
+            CREATE TABLE token_time_series (id INTEGER PRIMARY KEY AUTOINCREMENT, endpoint TEXT, model TEXT,
+                input_tokens INTEGER, output_tokens INTEGER, total_tokens INTEGER, timestamp INTEGER,
+                FOREIGN KEY(endpoint, model) REFERENCES token_counts(endpoint, model));
+            CREATE INDEX idx_token_time_series_timestamp ON token_time_series(timestamp);
+            CREATE TABLE token_time_series_daily (id INTEGER PRIMARY KEY AUTOINCREMENT, endpoint TEXT, model TEXT,
+                date TEXT, input_tokens INTEGER DEFAULT 0, output_tokens INTEGER DEFAULT 0,
+                total_tokens INTEGER DEFAULT 0, UNIQUE(endpoint, model, date));""")
+        legacy.execute("INSERT INTO token_counts VALUES (?, 'm1', 110, 55, 165)", (EP_A,))
+        rows = [(EP_A, "m1", 10, 5, 15, day + 3 * DAY + 60), (EP_A, "m1", 20, 10, 30, day + 3 * DAY + 90)]
+        legacy.executemany("INSERT INTO token_time_series (endpoint, model, input_tokens, output_tokens, total_tokens,"
+                           " timestamp) VALUES (?,?,?,?,?,?)", rows)
+        legacy.executemany("INSERT INTO token_time_series_daily (endpoint, model, date, input_tokens, output_tokens,"
+                           " total_tokens) VALUES (?,?,?,?,?,?)",
+                           [(EP_A, "m1", "2024-10-04", 80, 40, 120),          # trimmed: only here now
+                            (EP_A, "m1", "2024-10-07", 30, 15, 45)])          # its rows were kept: counted once
+    assert time.strftime("%Y-%m-%d", time.gmtime(day)) == "2024-10-04"
+    store = await ResponseStore(str(path)).open()
+    try:
+        assert await store.token_counts() == [
+            {"endpoint": EP_A, "model": "m1", "input_tokens": 110, "output_tokens": 55, "total_tokens": 165}]
+        series = await store.token_time_series("m1")
+        assert [(e["timestamp"], e["total_tokens"]) for e in series] == [(day + 3 * DAY + 60, 45), (day, 120)]
+        tables = {row[0] for row in await (await store.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")).fetchall()}
+        assert not {name for name in tables if name.startswith("legacy_")}
+        await store.add_token_counts([(EP_A, "m1", _minute(), 1, 1)])
+        assert (await store.token_counts_for_model("m1"))["total_tokens"] == 167
+    finally:
+        await store.close()
+    again = await ResponseStore(str(path)).open()                          # opened again: nothing more to import
+    try:
+        assert (await again.token_counts_for_model("m1"))["total_tokens"] == 167
+    finally:
+        await again.close()
