@@ -256,7 +256,9 @@ def _check(operation: str, body: dict) -> bool:
     stream = body.get("stream", streams)
     if not isinstance(stream, bool):
         raise APIError(400, "'stream' must be true or false.", param="stream", code="invalid_value")
-    return stream and streams
+    if stream and not streams:
+        raise APIError(400, f"{method} /api/{operation} does not stream.", param="stream", code="invalid_value")
+    return stream
 
 
 async def _open(gateway: Gateway, ep: Endpoint, operation: str, body: dict) -> dict | LineStream:
@@ -287,8 +289,11 @@ async def _run_one(gateway: Gateway, ep: Endpoint, operation: str, body: dict) -
                 await answer.aclose()
         if "error" in last:  # Ollama answers a failure after its progress began with 500 when not streamed
             result = {"endpoint": ep.url, "error": str(last["error"]), "status_code": 500}
+        elif last.get("status") != "success":
+            result = {"endpoint": ep.url, "status_code": 502,
+                      "error": f"its progress ended without success (last: {str(last.get('status'))[:200]})"}
         else:
-            result = {"endpoint": ep.url, "status": str(last.get("status") or "success")}
+            result = {"endpoint": ep.url, "status": "success"}
     except ConnectFailed as exc:
         result = {"endpoint": ep.url, "error": f"the endpoint cannot be reached: {exc.detail}", "status_code": 502}
     except APIError as exc:

@@ -389,6 +389,10 @@ async def test_bad_requests_are_named_in_ollamas_shape(gw, ollama):
     ollama_error(await gw.post("/api/chat", json={"model": "nope", "messages": HI}), 404, "'nope'")
     ollama_error(await gw.post("/api/show", json={}), 400, "'model'")
     ollama_error(await gw.post("/api/copy", json={"source": "tiny"}), 400, "'destination'")
+    ollama_error(await gw.post("/api/copy", json={"source": "tiny", "destination": "x", "stream": True}), 400,
+                 "does not stream")
+    ollama_error(await gw.request("DELETE", "/api/delete", json={"model": "tiny", "stream": True}), 400,
+                 "does not stream")
     assert ollama.requests == [] and ollama.managed == []
 
 
