@@ -38,6 +38,8 @@ _PAGE = PAGE_PATH.read_text(encoding="utf-8")
 POLL_SECONDS = 0.5
 #: Longest time between two snapshots on a stream, changes or not.
 HEARTBEAT_SECONDS = 5.0
+#: Seconds at least between two snapshots: a busy gateway's requests are sent together, not one by one.
+MIN_FRAME_SECONDS = 0.25
 #: How long the browser waits before it reconnects a stream that ended (the SSE ``retry:`` field), ms.
 RETRY_MS = 3000
 #: Recent requests and background jobs a snapshot lists at most.
@@ -128,8 +130,9 @@ def snapshot(gateway: Any, recent: logs.RecentRequests = logs.RECENT_REQUESTS) -
 # ── the stream ───────────────────────────────────────────────────────────────
 class UsageStream(Response):
     """``text/event-stream`` of ``snapshot`` events (each ``data`` one :func:`snapshot`): one at once,
-    then one whenever the snapshot changed (a request finished: at once; anything else: within
-    :data:`POLL_SECONDS`), and at least every :data:`HEARTBEAT_SECONDS`.
+    then one whenever the snapshot changed (a request finished: at once, but at most one every
+    :data:`MIN_FRAME_SECONDS`; anything else: within :data:`POLL_SECONDS`), and at least every
+    :data:`HEARTBEAT_SECONDS`.
 
     It ends when its client leaves (noticed within :data:`POLL_SECONDS`) and when the gateway stops:
     the stream is one of the gateway's long-lived connections (``Gateway.sockets``), which the server
@@ -188,6 +191,7 @@ class UsageStream(Response):
                 await send({"type": "http.response.body", "body": prefix + b"event: snapshot\ndata: " + frame + b"\n\n",
                             "more_body": True})
                 prefix, last, sent_at = b"", fingerprint, loop.time()
+                await asyncio.sleep(MIN_FRAME_SECONDS)
             await recent.wait(seen, POLL_SECONDS)
 
 
