@@ -23,7 +23,8 @@ Only faithful mappings are made. A field or option that has none is refused with
   ``chat_template_kwargs.enable_thinking``, which llama.cpp's server and vLLM pass to the
   model's chat template. The model's reasoning comes back as ``message.thinking``.
 * ``/api/generate`` has no chat template on the way (OpenAI's completions take the prompt as
-  it is): ``raw`` is accepted (the prompt goes as it is whatever its value), while ``system``,
+  it is, as Ollama's ``raw: true``; an explicit ``raw: false``, which asks for the template, is
+  refused; left out, the prompt goes as it is and the endpoint applies no template), while ``system``,
   ``template``, ``context``, ``images``, ``think``, ``format`` and ``logprobs`` have no
   counterpart there and are refused (an empty value is taken as absent); ``suffix`` goes to
   OpenAI-compatible servers, but not to llama.cpp's, whose completions have none.
@@ -304,6 +305,10 @@ def generate_request(body: dict, kind: str) -> dict:
         raise Untranslatable("prompt", "'prompt' must be a string.")
     if body.get("raw") is not None and not isinstance(body["raw"], bool):
         raise Untranslatable("raw", "'raw' must be true or false.")
+    if body.get("raw") is False:
+        raise Untranslatable("raw", "'raw': false asks for the model's prompt template, which an OpenAI-compatible "
+                                    "endpoint's completions do not apply (the prompt goes as it is); send the prompt "
+                                    "to /api/chat as a user message for a templated one.")
     out: dict = {"prompt": prompt}
     suffix = body.get("suffix")
     if suffix not in (None, ""):

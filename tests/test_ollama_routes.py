@@ -208,6 +208,7 @@ async def test_what_cannot_be_translated_is_named(llama_gw, ollama, body, param)
     ("generate", {"prompt": "hi", "context": [1, 2]}, "context"),
     ("generate", {"prompt": "hi", "template": "{{ .Prompt }}"}, "template"),
     ("generate", {"prompt": "hi", "suffix": "end"}, "suffix"),
+    ("generate", {"prompt": "hi", "raw": False}, "raw"),
     ("embed", {"input": "x", "truncate": True}, "truncate"),
     ("embed", {"input": "x", "options": {"temperature": 1}}, "options.temperature"),
 ])
