@@ -196,7 +196,9 @@ def _tool_calls(calls: Any, where: str, index: int, open_calls: list[tuple[str, 
         arguments = function.get("arguments", {})
         if not isinstance(arguments, (dict, str)):
             raise Untranslatable(f"{param}.function.arguments", f"'{param}.function.arguments' must be an object.")
-        call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else f"call_{index}_{j}"
+        if call.get("id") is not None and (not isinstance(call["id"], str) or not call["id"]):
+            raise Untranslatable(f"{param}.id", f"'{param}.id' must be a non-empty string (or left out).")
+        call_id = call.get("id") or f"call_{index}_{j}"   # Ollama's calls have none: Chat's need one
         open_calls.append((call_id, function["name"]))
         out.append({"id": call_id, "type": "function", "function": {
             "name": function["name"],
