@@ -266,7 +266,7 @@ async def test_a_snapshot_counts_cache_hits_and_misses(gateway_factory, ollama):
 
 async def test_a_snapshot_lists_background_jobs_until_they_end(gw, ollama):
     gateway = router.app.state.gateway
-    ollama.first_byte_delay = 1.0
+    ollama.first_byte_delay = 3.0       # the job runs past the snapshot below, even on a loaded machine
     reply = await gw.post("/v1/responses", json={"model": "tiny", "input": "hi", "background": True})
     assert reply.status_code == 200
     rid = reply.json()["id"]
