@@ -129,7 +129,9 @@ def snapshot(gateway: Any, recent: logs.RecentRequests = logs.RECENT_REQUESTS) -
 
 # ── the stream ───────────────────────────────────────────────────────────────
 class UsageStream(Response):
-    """``text/event-stream`` of ``snapshot`` events (each ``data`` one :func:`snapshot`): one at once,
+    """``text/event-stream`` of unnamed events (each ``data`` one :func:`snapshot`, which also has
+    NOMYO Router's ``usage_counts`` and ``token_usage_counts``, so a client of its stream reads it
+    with ``onmessage`` as before): one at once,
     then one whenever the snapshot changed (a request finished: at once, but at most one every
     :data:`MIN_FRAME_SECONDS`; anything else: within :data:`POLL_SECONDS`), and at least every
     :data:`HEARTBEAT_SECONDS`.
@@ -188,7 +190,7 @@ class UsageStream(Response):
             fingerprint = orjson.dumps(snap)
             if fingerprint != last or loop.time() - sent_at >= HEARTBEAT_SECONDS:
                 frame = orjson.dumps({"time": moment, **snap})
-                await send({"type": "http.response.body", "body": prefix + b"event: snapshot\ndata: " + frame + b"\n\n",
+                await send({"type": "http.response.body", "body": prefix + b"data: " + frame + b"\n\n",
                             "more_body": True})
                 prefix, last, sent_at = b"", fingerprint, loop.time()
                 await asyncio.sleep(MIN_FRAME_SECONDS)
