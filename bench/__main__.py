@@ -6,8 +6,11 @@ worker, a fresh temporary store) as separate processes, runs the phases of
 gateway on a fresh PostgreSQL schema beside the SQLite one, then 1..3 replicas on
 PostgreSQL + Redis; ``--no-postgres`` skips them), prints the tables and writes
 the JSON report to ``bench/results/<timestamp>.json`` (or ``--out``). With
-``--target URL`` the same Responses load goes to another endpoint instead of a
-gateway started here (the PostgreSQL phases are then skipped).
+``--target URL`` the same load goes to another endpoint instead of a gateway
+started here (the PostgreSQL phases are then skipped). ``--group`` picks the
+workload groups (:data:`bench.workloads.GROUPS`): ``responses`` (the default, with
+every phase), ``passthrough`` (``/v1/chat/completions`` and ``/api/chat``; no
+Responses phases, no PostgreSQL phases) or ``all``.
 Exit status: 0 without errors, 1 when any request failed, 2 when setup failed.
 """
 
@@ -27,11 +30,13 @@ from pathlib import Path
 from bench.backend import PACED_MODEL, run
 from bench.client import Target
 from bench.peers import measure_peer, start_litellm
-from bench.procs import REPO, Child, make_workdir, raise_fd_limit, start_backend, start_gateway
+from bench.procs import (REPO, Child, machine_cpu, machine_load, make_workdir, raise_fd_limit, start_backend,
+                         start_gateway)
 from bench.replicas import DEFAULT_POSTGRES, DEFAULT_REDIS, PostgresPhases
 from bench.services import safe_url
 from bench.report import count_errors, evaluate, render, write_json
 from bench.suite import PRESETS, Context, run_suite
+from bench.workloads import GROUPS, workload_keys
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -57,7 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-direct", action="store_true", help="skip the direct backend rounds (with --target)")
     p.add_argument("--model", default="bench", help="model name sent in every request")
     p.add_argument("--paced-model", default=PACED_MODEL, help="model whose streams the backend paces")
-    p.add_argument("--workloads", help="comma-separated workload keys to run (default: all)")
+    p.add_argument("--group", default="responses", type=_groups, dest="groups",
+                   help="workload groups, comma-separated: responses (default; POST /v1/responses and the phases "
+                        "built on it), passthrough (POST /v1/chat/completions passed through, POST /api/chat "
+                        "translated), or all")
+    p.add_argument("--workloads", help="comma-separated workload keys of the groups to run (default: all)")
     g = p.add_argument_group("sizes (override the preset)")
     g.add_argument("--rounds", type=int, help="concurrency-1 rounds per side")
     g.add_argument("--requests", type=int, help="requests per concurrency-1 round")
@@ -91,6 +100,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, store)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p.parse_args(argv)
+
+
+def _groups(text: str) -> tuple[str, ...]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    if names == ["all"]:
+        return tuple(GROUPS)
+    unknown = [n for n in names if n not in GROUPS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown group {', '.join(unknown) or repr(text)}; "
+                                         f"known: {', '.join(GROUPS)}, all")
+    return tuple(g for g in GROUPS if g in names)
 
 
 def _base(url: str) -> str:
@@ -152,14 +172,24 @@ def main(argv: list[str] | None = None) -> int:
                  if getattr(args, k, None) is not None}
     sizes = replace(PRESETS[mode], **overrides)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    only = tuple(k.strip() for k in (args.workloads or "").split(",") if k.strip())
+    known = workload_keys(sizes.chain_depths, sizes.stream_chunks, args.groups)
+    unknown = [k for k in only if k not in known]
+    if unknown:
+        print(f"unknown workload {', '.join(unknown)} for --group {','.join(args.groups)}; known: "
+              f"{', '.join(known)}", file=sys.stderr)
+        return 2
     raise_fd_limit()
     workdir = make_workdir()
     children: list[Child] = []
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
+    machine0 = machine_cpu()
     pg = PostgresPhases(args.postgres, args.redis, workdir, log,
                         reason="--no-postgres" if args.no_postgres else
-                        "--target: the PostgreSQL phases measure gateways started here" if args.target else None)
+                        "--target: the PostgreSQL phases measure gateways started here" if args.target else
+                        None if "responses" in args.groups else
+                        f"--group {','.join(args.groups)}: the PostgreSQL phases measure the Responses store")
     try:
         backend, backend_pid, gateway, gateway_pid = _start(args, sizes, workdir, children, pg, log)
     except BaseException as exc:
@@ -172,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ctx = Context(gateway=gateway, backend=None if args.no_direct else backend, gateway_pid=gateway_pid,
                   backend_pid=backend_pid, model=args.model, paced_model=args.paced_model,
-                  only=tuple(k.strip() for k in (args.workloads or "").split(",") if k.strip()), log=log)
+                  only=only, log=log, groups=args.groups)
     try:
         measured = run(run_suite(ctx, sizes))
         if args.compare_litellm and backend is not None:
@@ -198,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                        "postgres_url": safe_url(args.postgres), "redis_url": safe_url(args.redis),
                        "python": platform.python_version(), "platform": platform.platform(),
                        "git": _git_commit(), "argv": sys.argv[1:] if argv is None else argv,
-                       "workdir": str(workdir) if args.keep else None}}
+                       "workdir": str(workdir) if args.keep else None,
+                       "machine": machine_load(machine0, machine_cpu(), time.perf_counter() - t0)}}
     report.update(measured)
     report["targets"] = evaluate(report)
     report["errors"] = count_errors(report)

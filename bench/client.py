@@ -4,6 +4,8 @@ One :class:`Connection` carries one request at a time. Replies are parsed
 incrementally (``Content-Length`` or chunked bodies); streamed bodies are split
 into SSE frames as they arrive, and the arrival time of every content event is
 recorded (``time.perf_counter()`` seconds at the moment its bytes were read).
+Ollama's streams (NDJSON) are split into lines the same way. Stream frames of the
+wrong shape are counted (``Reply.bad``), so a check can refuse the reply.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import ssl as ssl_module
 import time
 from urllib.parse import urlsplit
 
-#: Reply modes: a whole JSON body, a Responses event stream, a Chat Completions chunk stream.
-JSON, SSE_RESPONSES, SSE_CHAT = 0, 1, 2
+import orjson
+
+#: Reply modes: a whole JSON body, a Responses event stream, a Chat Completions chunk stream,
+#: Ollama's NDJSON stream (``/api/chat``).
+JSON, SSE_RESPONSES, SSE_CHAT, NDJSON = 0, 1, 2, 3
 
 _TERMINAL = (b"response.completed", b"response.incomplete", b"response.failed")
 _DELTA = b"response.output_text.delta"
+_CHUNK_OBJECT = b'"object":"chat.completion.chunk"'
 _MAX_ERROR_BODY = 4096
 
 _HEAD, _BODY, _CHUNKED, _TRAILER, _UNTIL_CLOSE, _DONE = range(6)
@@ -31,13 +37,19 @@ class Reply:
     ``body``: the bytes of a JSON reply (or of any non-200 reply).
     ``content_times``: arrival times of content events (streams only).
     ``deltas``: how many content events. ``terminal``: the terminal event's name
-    (``response.completed`` ...; ``[DONE]`` for Chat Completions), or None.
+    (``response.completed`` ...; ``[DONE]`` for Chat Completions; ``done`` for
+    Ollama's ``done: true`` object, kept in ``final``), or None.
     ``usage_seen``: a Chat Completions usage chunk arrived. ``error``: a
-    transport problem (timeout, connection closed), or None.
+    transport problem (timeout, connection closed), or None. ``bad``: stream
+    frames (NDJSON lines) of the wrong shape: for Chat Completions any ``data:``
+    frame that is not a ``chat.completion.chunk`` (an ``error`` frame) or comes after
+    ``[DONE]``; for Ollama any line that is not a chat object, is an ``error``
+    object, or comes after the ``done`` object. ``error_event``: the first of them
+    (or a Responses ``error`` event).
     """
 
     __slots__ = ("mode", "status", "t0", "t_end", "body", "content_times", "deltas", "terminal",
-                 "usage_seen", "error", "error_event")
+                 "usage_seen", "error", "error_event", "bad", "final")
 
     def __init__(self, mode: int):
         self.mode = mode
@@ -51,6 +63,8 @@ class Reply:
         self.usage_seen = False
         self.error: str | None = None
         self.error_event: bytes | None = None
+        self.bad = 0
+        self.final: dict | None = None
 
     @property
     def latency(self) -> float:
@@ -236,15 +250,46 @@ class Connection(asyncio.Protocol):
             return
         sse = self.sse
         sse += data
+        ndjson = reply.mode == NDJSON
+        sep, step = (b"\n", 1) if ndjson else (b"\n\n", 2)
         pos = 0
         while True:
-            end = sse.find(b"\n\n", pos)
+            end = sse.find(sep, pos)
             if end < 0:
                 break
-            self._frame(bytes(sse[pos:end]), now)
-            pos = end + 2
+            if ndjson:
+                if end > pos:
+                    self._line(bytes(sse[pos:end]), now)
+            else:
+                self._frame(bytes(sse[pos:end]), now)
+            pos = end + step
         if pos:
             del sse[:pos]
+
+    def _line(self, line: bytes, now: float) -> None:
+        """One NDJSON line of Ollama's ``/api/chat`` stream."""
+        reply = self.reply
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            obj = None
+        if not isinstance(obj, dict) or "error" in obj or reply.terminal is not None:
+            return self._bad(line)
+        done = obj.get("done")
+        message = obj.get("message")
+        if done is True:
+            reply.terminal, reply.final = "done", obj
+        elif done is False and isinstance(message, dict):
+            if message.get("content"):
+                self._content(reply, now)
+        else:
+            self._bad(line)
+
+    def _bad(self, frame: bytes) -> None:
+        reply = self.reply
+        reply.bad += 1
+        if reply.error_event is None:
+            reply.error_event = frame[:_MAX_ERROR_BODY]
 
     def _frame(self, frame: bytes, now: float) -> None:
         reply = self.reply
@@ -263,11 +308,25 @@ class Connection(asyncio.Protocol):
         if not frame.startswith(b"data:"):
             return
         payload = frame[5:].strip()
+        if reply.terminal is not None:
+            return self._bad(frame)
         if payload == b"[DONE]":
             reply.terminal = "[DONE]"
-        elif b'"content":"' in payload and b'"content":""' not in payload:
+            return
+        if _CHUNK_OBJECT in payload:  # compact JSON (orjson's, the gateway's and the bench backend's)
+            content = b'"content":"' in payload and b'"content":""' not in payload
+            usage = b'"usage":{' in payload
+        else:
+            obj = _chunk_of(payload)
+            if obj is None:
+                return self._bad(frame)
+            choices = obj.get("choices")
+            delta = (choices[0].get("delta") if choices and isinstance(choices[0], dict) else None) or {}
+            content = isinstance(delta, dict) and bool(delta.get("content"))
+            usage = isinstance(obj.get("usage"), dict)
+        if content:
             self._content(reply, now)
-        if b'"usage":{' in payload:
+        if usage:
             reply.usage_seen = True
 
     def _content(self, reply: Reply, now: float) -> None:
@@ -278,12 +337,25 @@ class Connection(asyncio.Protocol):
 
     def _finish(self, now: float) -> None:
         self.state = _DONE
+        if self.reply is not None and self.reply.mode == NDJSON and self.sse.strip():
+            self._line(bytes(self.sse), now)  # a last line without its newline
+            self.sse.clear()
         if self.reply is not None:
             self.reply.t_end = now
         if self.close_after:
             self.close()
         if self.future is not None and not self.future.done():
             self.future.set_result(None)
+
+
+def _chunk_of(payload: bytes) -> dict | None:
+    """An SSE ``data:`` payload parsed, when it is a ``chat.completion.chunk`` object (else None);
+    for JSON the compact byte tests of :meth:`Connection._frame` do not read."""
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) and obj.get("object") == "chat.completion.chunk" else None
 
 
 def _expire(future: asyncio.Future, timeout: float) -> None:

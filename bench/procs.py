@@ -63,6 +63,28 @@ def memory_mb(pid: int) -> dict[str, float]:
     return out
 
 
+def machine_cpu() -> dict[str, float]:
+    """Seconds the machine's cores have spent so far (``/proc/stat``, all cores summed):
+    ``busy`` (user, nice, system, irq, softirq), ``steal`` (taken by the hypervisor for other
+    guests) and ``all`` (every state, idle included); zeros when unreadable."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return {"busy": 0.0, "steal": 0.0, "all": 0.0}
+    return {"busy": (sum(fields[:3]) + sum(fields[5:7])) / _TICKS, "steal": sum(fields[7:8]) / _TICKS,
+            "all": sum(fields[:8]) / _TICKS}
+
+
+def machine_load(before: dict[str, float], after: dict[str, float], seconds: float) -> dict:
+    """The machine between two :func:`machine_cpu` readings ``seconds`` apart: ``cores_busy``
+    (busy CPU seconds per second, every process, this benchmark's own included) and
+    ``steal_pct`` (share of the cores' time the hypervisor gave to others); None where unknown."""
+    spent = {k: after[k] - before[k] for k in after}
+    return {"cores_busy": spent["busy"] / seconds if seconds > 0 and spent["all"] else None,
+            "steal_pct": 100.0 * spent["steal"] / spent["all"] if spent["all"] else None}
+
+
 def reset_peak_rss(pid: int) -> bool:
     """Reset ``VmHWM`` of ``pid`` to its current RSS (``/proc/<pid>/clear_refs``). False if refused."""
     try:

@@ -24,7 +24,7 @@ from bench.load import Side, run_requests
 from bench.procs import launch_gateway, make_workdir, raise_fd_limit, start_backend, wait_gateway
 from bench.report import table
 from bench.suite import PRESETS, Context, Runner
-from bench.workloads import basic_workloads, chain_workload
+from bench.workloads import basic_workloads, chain_workload, passthrough_workloads
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Top-level files and folders of the gateway itself (the rest is libraries).
@@ -102,7 +102,8 @@ async def _profile(ctx: Context, workload: str, concurrency: int, seconds: float
                    raw_path: Path, nonblocking: bool, pyspy: str) -> tuple[dict, str]:
     sizes = PRESETS["quick"]
     runner = Runner(ctx, sizes)
-    workloads = {w.key: w for w in basic_workloads(ctx.model, sizes.nonstream_tokens, sizes.stream_chunks, None)}
+    workloads = {w.key: w for w in basic_workloads(ctx.model, sizes.nonstream_tokens, sizes.stream_chunks, None)
+                 + passthrough_workloads(ctx.model, sizes.nonstream_tokens, sizes.stream_chunks, None)}
     if workload.startswith("chain_depth_"):
         depth = int(workload.rsplit("_", 1)[1])
         chain, _ = await runner.build_chain(depth)
@@ -129,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     """Command line; returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.splitlines()[0])
     p.add_argument("--workload", default="nonstream_store_false",
-                   help="workload key (nonstream_store_false, stream_256, chain_depth_100, ...)")
+                   help="workload key (nonstream_store_false, stream_256, chain_depth_100, chat_stream_8, "
+                        "ollama_chat_nonstream, ...)")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")

@@ -195,10 +195,16 @@ def render(report: dict) -> str:
     out = [f"NOMYO Router benchmark ({meta['mode']}), {meta['started']}, {meta['duration_s']:.0f} s",
            f"gateway {meta['gateway_url']} (pid {meta.get('gateway_pid') or '-'}), "
            f"backend {meta.get('backend_url') or '-'} (pid {meta.get('backend_pid') or '-'}), "
-           f"{meta['cpus']} CPUs, Python {meta['python']}", ""]
+           f"{meta['cpus']} CPUs, Python {meta['python']}; over the run {_f(dig(meta, 'machine', 'cores_busy'), 2)} "
+           f"of the machine's cores busy (every process), {_f(dig(meta, 'machine', 'steal_pct'), 1)}% steal", ""]
     s = report["sizes"]
+    routes = ("Gateway rounds send each workload to its route (POST /v1/responses; chat/completions: POST "
+              "/v1/chat/completions, passed through; /api/chat: Ollama's route, translated to and from the "
+              "backend's Chat Completions), direct rounds the body the gateway sends upstream to the backend's "
+              "POST /v1/chat/completions. "
+              if any(r.get("route", "/v1/responses") != "/v1/responses" for r in w.values()) else "")
     out.append(f"Concurrency 1: {s['rounds']} round(s) per side of {s['requests']} requests "
-               f"({s['long_stream_requests']} for the long stream), gateway and direct alternating. "
+               f"({s['long_stream_requests']} for the long stream), gateway and direct alternating. {routes}"
                "CPU = OS CPU time of the gateway (direct rounds: of the backend) / requests; sys = its kernel "
                "share; up conn/req = new gateway->backend connections per request. Times in ms.")
     rows = []
@@ -224,7 +230,8 @@ def render(report: dict) -> str:
                      _f(dig(d, "gap_ms", "p50"), 3), _f(dig(d, "gap_ms", "p99"), 3),
                      _f(dig(a, "gap_ms", "p50"), 3, True), _f(dig(a, "gap_ms", "p99"), 3, True)])
     if rows:
-        out.append("Streaming, concurrency 1: time to first output_text.delta (direct: first content chunk) "
+        out.append("Streaming, concurrency 1: time to the first content event (Responses: output_text.delta; "
+                   "chat/completions and direct: a chunk with content; /api/chat: a message object with content) "
                    "and gap between content events, ms.")
         out += [table(["workload", "TTFT gw p50", "dir p50", "+p50", "+p99", "gap gw p50", "gw p99", "dir p50",
                        "dir p99", "+gap p50", "+gap p99"], rows), ""]
@@ -247,6 +254,7 @@ def render(report: dict) -> str:
                f"{s['tput_ramp']:g} s ramp-up then a {s['tput_seconds']:g} s window; p99 in ms; up conn/req over "
                "whole rounds; gateway RSS in MB (peak: VmHWM during the workload's rounds).")
     out += [table(headers, rows), ""]
+    out += _per_chunk_lines(report)
     loop = report.get("tool_loop") or {}
     if loop:
         out.append(f"Tool loop: {loop.get('loops')} loop(s) per transport of {loop.get('turns')} turns, each turn one "
@@ -258,36 +266,70 @@ def render(report: dict) -> str:
                         _f(dig(loop, side, "cpu_ms_per_turn"), 3), str(dig(loop, side, "errors"))]
                        for name, side in (("WebSocket", "websocket"), ("HTTP/SSE", "http_sse"))]),
                 f"  WebSocket / HTTP wall: {_f(loop.get('wall_ratio'), 2)}x", ""]
-    mem = report.get("gateway_rss_mb") or {}
-    so = report.get("streams_open") or {}
-    fl = report.get("rss_flatness") or {}
-    out.append("Gateway memory (MB): "
-               f"start {_f(dig(mem, 'at_start', 'rss'), 1)}, peak during throughput "
-               f"{_f(dig(mem, 'after_throughput', 'peak_during_throughput'), 1)}, end {_f(dig(mem, 'at_end', 'rss'), 1)}")
-    out.append(f"  {so.get('streams')} paced streams ({so.get('chunks')} chunks, {_f(so.get('pace_ms'), 0)} ms apart): "
-               f"{so.get('max_open')} open together, RSS {_f(so.get('rss_before_mb'), 1)} -> "
-               f"{_f(so.get('rss_all_open_mb'), 1)} when all open, peak {_f(so.get('peak_rss_mb'), 1)}, "
-               f"{so.get('errors')} errors, {_f(so.get('seconds'), 1)} s")
-    out.append(f"  flatness: {fl.get('requests')} requests (+{fl.get('warmup')} warm-up, c={fl.get('concurrency')}, "
-               f"mix {'+'.join(fl.get('mix') or [])}): RSS {_f(fl.get('start_mb'), 1)} -> {_f(fl.get('end_mb'), 1)} "
-               f"({_f(fl.get('change_pct'), 1, True)}%), {_f(fl.get('requests_per_s'), 0)} req/s, "
-               f"{fl.get('errors')} errors")
-    out.append("")
+    out += _memory_lines(report)
     out += _peers_table(report)
     out += _postgres_tables(report)
-    rows = []
-    for t in report["targets"]:
-        verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "MISS")
-        digits = 1 if t["unit"] in ("us", "MB", "%") else (2 if t["unit"] == "x" else 3)
-        rows.append([t["label"], f"{_f(t['value'], digits)} {t['unit']}", f"<= {t['limit']:g} {t['unit']}",
-                     verdict, t["note"]])
-    out += [table(["target", "measured", "target", "verdict", "note"], rows), ""]
+    out += _targets_table(report)
     errs = report["errors"]
     out.append(f"Errors: {errs['total']}" + ("" if not errs["total"] else
                " -- " + "; ".join(f"{k}: {n}" for k, n in errs["by_phase"].items())))
     for kind, n in list(errs["kinds"].items())[:10]:
         out.append(f"  {n} x {kind}")
     return "\n".join(out)
+
+
+def _per_chunk_lines(report: dict) -> list[str]:
+    """The gateway's CPU per additional stream chunk on each route measured with both chunk counts."""
+    short, long = report["sizes"]["stream_chunks"]
+    parts = []
+    for name, prefix in (("Responses", "stream_"), ("chat/completions", "chat_stream_"),
+                         ("/api/chat", "ollama_chat_stream_")):
+        a, b = _cpu(report, f"{prefix}{short}"), _cpu(report, f"{prefix}{long}")
+        if a is not None and b is not None and long != short:
+            parts.append(f"{name} {(b - a) / (long - short) * 1000.0:.1f}")
+    if not parts:
+        return []
+    return [f"Gateway CPU per additional stream chunk (({long} - {short} chunks) / {long - short}), us: "
+            + ", ".join(parts), ""]
+
+
+def _memory_lines(report: dict) -> list[str]:
+    """The gateway's memory: start, peak during throughput, end; the held streams and the RSS
+    flatness phases when they ran (the ``responses`` group)."""
+    mem = report.get("gateway_rss_mb") or {}
+    so = report.get("streams_open")
+    fl = report.get("rss_flatness")
+    out = []
+    out.append("Gateway memory (MB): "
+               f"start {_f(dig(mem, 'at_start', 'rss'), 1)}, peak during throughput "
+               f"{_f(dig(mem, 'after_throughput', 'peak_during_throughput'), 1)}, end {_f(dig(mem, 'at_end', 'rss'), 1)}")
+    if so:
+        out.append(f"  {so.get('streams')} paced streams ({so.get('chunks')} chunks, {_f(so.get('pace_ms'), 0)} ms "
+                   f"apart): {so.get('max_open')} open together, RSS {_f(so.get('rss_before_mb'), 1)} -> "
+                   f"{_f(so.get('rss_all_open_mb'), 1)} when all open, peak {_f(so.get('peak_rss_mb'), 1)}, "
+                   f"{so.get('errors')} errors, {_f(so.get('seconds'), 1)} s")
+    if fl:
+        out.append(f"  flatness: {fl.get('requests')} requests (+{fl.get('warmup')} warm-up, "
+                   f"c={fl.get('concurrency')}, mix {'+'.join(fl.get('mix') or [])}): RSS {_f(fl.get('start_mb'), 1)} "
+                   f"-> {_f(fl.get('end_mb'), 1)} ({_f(fl.get('change_pct'), 1, True)}%), "
+                   f"{_f(fl.get('requests_per_s'), 0)} req/s, {fl.get('errors')} errors")
+    out.append("")
+    return out
+
+
+def _targets_table(report: dict) -> list[str]:
+    """The targets with their verdicts; one line instead when none could be judged because the
+    ``responses`` group, which they are about, did not run."""
+    if "responses" not in report.get("groups", ["responses"]) and all(t["value"] is None for t in report["targets"]):
+        return ["Targets: not judged (they are about the responses group, which did not run: "
+                f"--group {','.join(report.get('groups') or [])})", ""]
+    rows = []
+    for t in report["targets"]:
+        verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "MISS")
+        digits = 1 if t["unit"] in ("us", "MB", "%") else (2 if t["unit"] == "x" else 3)
+        rows.append([t["label"], f"{_f(t['value'], digits)} {t['unit']}", f"<= {t['limit']:g} {t['unit']}",
+                     verdict, t["note"]])
+    return [table(["target", "measured", "target", "verdict", "note"], rows), ""]
 
 
 def _peers_table(report: dict) -> list[str]:

@@ -1,5 +1,9 @@
 """The benchmark's phases, run in order against a gateway and, for reference, the backend direct.
 
+The workload groups of the run (``Context.groups``, see :data:`bench.workloads.GROUPS`)
+decide what runs: phases 1, 2's tool loop, 4 and 5 belong to ``responses``; the
+``passthrough`` group adds its workloads to phases 2 and 3.
+
 1. warm-up and a ``previous_response_id`` chain built with ``store: true`` requests;
 2. per workload, alternating rounds gateway / direct at concurrency 1: CPU per
    request of the gateway (backend for direct rounds), latency, stream timings;
@@ -26,7 +30,7 @@ from bench.load import Op, Side, Tally, hold_streams, percentile, rss_flatness, 
 from bench.procs import memory_mb, reset_peak_rss
 from bench.tool_loop import run_tool_loops
 from bench.workloads import (Workload, basic_workloads, chain_turn_prompt, chain_workload, check_response_json,
-                             check_responses_stream, responses_body)
+                             check_responses_stream, passthrough_workloads, responses_body)
 
 
 @dataclass
@@ -73,7 +77,8 @@ PRESETS = {
 
 @dataclass
 class Context:
-    """The processes and targets of a run. ``gateway_pid``/``backend_pid`` None: not measurable."""
+    """The processes and targets of a run. ``gateway_pid``/``backend_pid`` None: not measurable.
+    ``only``: the workload keys to run (empty: all of ``groups``, keys of :data:`bench.workloads.GROUPS`)."""
 
     gateway: Target
     backend: Target | None
@@ -83,6 +88,7 @@ class Context:
     paced_model: str = PACED_MODEL
     only: tuple[str, ...] = ()
     log: Callable[..., None] = print
+    groups: tuple[str, ...] = ("responses",)
     notes: list[str] = field(default_factory=list)
 
 
@@ -135,10 +141,10 @@ class Runner:
 
     # sides -----------------------------------------------------------------------
     def gateway_side(self, *workloads: Workload) -> Side:
-        """The gateway side cycling the Responses requests of ``workloads``."""
+        """The gateway side cycling the requests of ``workloads`` (each to its route)."""
         t = self.ctx.gateway
         return Side("gateway", t, self.ctx.gateway_pid,
-                    [Op(t.request("POST", "/v1/responses", w.gateway_body), w.gateway_mode, w.gateway_check())
+                    [Op(t.request("POST", w.route, w.gateway_body), w.gateway_mode, w.gateway_check())
                      for w in workloads])
 
     def direct_side(self, workload: Workload) -> Side | None:
@@ -222,9 +228,9 @@ class Runner:
                 else:
                     tally = await run_requests(side, count=n, timeout=s.timeout)
                 tallies[side.name].merge(tally)
-        out = {"label": wl.label, "stream": wl.stream, "chunks": wl.tokens if wl.stream else None,
-               "depth": wl.depth, "store": wl.store, "warmup_errors": warm.errors,
-               "warmup_error_kinds": dict(warm.error_kinds),
+        out = {"label": wl.label, "route": wl.route, "group": wl.group, "stream": wl.stream,
+               "chunks": wl.tokens if wl.stream else None, "depth": wl.depth, "store": wl.store,
+               "warmup_errors": warm.errors, "warmup_error_kinds": dict(warm.error_kinds),
                "gateway": _side_summary(tallies["gateway"], wl.stream),
                "direct": _side_summary(tallies["direct"], wl.stream) if direct is not None else None}
         out["upstream"] = _upstream(upstream, tallies["gateway"].requests, self.ctx.backend is not None,
@@ -342,17 +348,26 @@ async def workload_set(runner: Runner, sizes: Sizes, chain: bool = True) -> tupl
 
 
 async def run_suite(ctx: Context, sizes: Sizes) -> dict:
-    """Run every phase; returns ``{"sizes", "workloads", "tool_loop", "streams_open", "rss_flatness",
-    "gateway_rss_mb", "chain_build", "phase_seconds"}`` (figures in ms, MiB, requests/s)."""
+    """Run every phase of ``ctx.groups``; returns ``{"sizes", "groups", "workloads", "tool_loop",
+    "streams_open", "rss_flatness", "gateway_rss_mb", "chain_build", "phase_seconds"}`` (figures
+    in ms, MiB, requests/s). Without the ``responses`` group, ``tool_loop``, ``streams_open``,
+    ``rss_flatness`` and ``chain_build`` are None (not run)."""
     runner = Runner(ctx, sizes)
     log = ctx.log
+    responses = "responses" in ctx.groups
     phase: dict[str, float] = {}
     rss: dict = {"at_start": runner.rss()}
     t = time.perf_counter()
     depth = max(sizes.chain_depths)
-    workloads, chain_tally = await workload_set(runner, sizes)
+    workloads: dict[str, Workload] = {}
+    chain_tally = None
+    if responses:
+        workloads, chain_tally = await workload_set(runner, sizes)
+        phase["chain_build"] = time.perf_counter() - t
+    if "passthrough" in ctx.groups:
+        workloads.update((w.key, w) for w in passthrough_workloads(ctx.model, sizes.nonstream_tokens,
+                                                                   sizes.stream_chunks, sizes.long_stream_requests))
     selected = [w for k, w in workloads.items() if not ctx.only or k in ctx.only]
-    phase["chain_build"] = time.perf_counter() - t
 
     results: dict = {}
     t = time.perf_counter()
@@ -362,11 +377,14 @@ async def run_suite(ctx: Context, sizes: Sizes) -> dict:
     phase["latency"] = time.perf_counter() - t
     rss["after_latency"] = runner.rss()
 
-    t = time.perf_counter()
-    log(f"tool loops of {sizes.loop_turns} turns over the WebSocket and over HTTP/SSE ...")
-    tool_loops = await run_tool_loops(ctx.gateway.url.rstrip("/"), ctx.gateway_pid, ctx.model,
-                                      api_key=ctx.gateway.api_key, turns=sizes.loop_turns, loops=sizes.loop_rounds)
-    phase["tool_loop"] = time.perf_counter() - t
+    tool_loops = None
+    if responses:
+        t = time.perf_counter()
+        log(f"tool loops of {sizes.loop_turns} turns over the WebSocket and over HTTP/SSE ...")
+        tool_loops = await run_tool_loops(ctx.gateway.url.rstrip("/"), ctx.gateway_pid, ctx.model,
+                                          api_key=ctx.gateway.api_key, turns=sizes.loop_turns,
+                                          loops=sizes.loop_rounds)
+        phase["tool_loop"] = time.perf_counter() - t
 
     t = time.perf_counter()
     peaks = []
@@ -382,21 +400,24 @@ async def run_suite(ctx: Context, sizes: Sizes) -> dict:
     phase["throughput"] = time.perf_counter() - t
     rss["after_throughput"] = {"rss": runner.rss().get("rss"), "peak_during_throughput": max(peaks, default=None)}
 
-    t = time.perf_counter()
-    log(f"holding {sizes.streams} paced streams open ...")
-    streams = await runner.streams_open()
-    phase["streams_open"] = time.perf_counter() - t
+    streams = flat = None
+    if responses:
+        t = time.perf_counter()
+        log(f"holding {sizes.streams} paced streams open ...")
+        streams = await runner.streams_open()
+        phase["streams_open"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    log(f"RSS flatness over {sizes.flat_requests} requests (+{sizes.flat_warmup} warm-up) ...")
-    flat = await runner.flatness(workloads)
-    phase["rss_flatness"] = time.perf_counter() - t
+        t = time.perf_counter()
+        log(f"RSS flatness over {sizes.flat_requests} requests (+{sizes.flat_warmup} warm-up) ...")
+        flat = await runner.flatness(workloads)
+        phase["rss_flatness"] = time.perf_counter() - t
     rss["at_end"] = runner.rss()
     if runner._control is not None:
         runner._control.close()
 
-    return {"sizes": asdict(sizes), "workloads": results, "tool_loop": tool_loops, "streams_open": streams,
-            "rss_flatness": flat,
+    return {"sizes": asdict(sizes), "groups": list(ctx.groups), "workloads": results, "tool_loop": tool_loops,
+            "streams_open": streams, "rss_flatness": flat,
             "gateway_rss_mb": rss,
-            "chain_build": {"depth": depth, "requests": chain_tally.requests, "errors": chain_tally.errors},
+            "chain_build": None if chain_tally is None else {"depth": depth, "requests": chain_tally.requests,
+                                                             "errors": chain_tally.errors},
             "phase_seconds": phase}

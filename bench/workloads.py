@@ -1,9 +1,17 @@
-"""Workloads: the Responses request sent to the gateway, its Chat Completions twin sent
-to the backend directly, and how each reply is checked.
+"""Workloads: the request sent to the gateway, its Chat Completions twin sent to the
+backend directly, and how each reply is checked.
 
 Every workload is a pair of fixed request bodies, so a round repeats identical
-requests. The twin is the body the gateway itself sends upstream for that
-Responses request (same messages, ``max_tokens``, streaming options).
+requests. The twin is the body the gateway itself sends upstream for that request
+(same messages, ``max_tokens``, streaming options). Two groups (:data:`GROUPS`):
+
+* ``responses``: ``POST /v1/responses`` (plain, stored, streamed, cached, chained);
+* ``passthrough``: the routes the gateway passes to an endpoint. ``POST /v1/chat/completions``
+  goes upstream as the client sent it (the gateway routes it, holds a slot, counts its usage
+  and relays the answer), so its twin is the same body; ``POST /api/chat`` (Ollama's route)
+  is translated for the OpenAI-compatible bench backend into ``/v1/chat/completions`` and its
+  answer back into Ollama's objects (NDJSON when streamed), so its twin is the translated body
+  (``options.num_predict`` as ``max_tokens``, ``stream`` and, streamed, ``stream_options``).
 """
 
 from __future__ import annotations
@@ -13,12 +21,20 @@ from typing import Callable
 
 import orjson
 
-from bench.client import JSON, SSE_CHAT, SSE_RESPONSES, Reply
+from bench.client import JSON, NDJSON, SSE_CHAT, SSE_RESPONSES, Reply
 
 PROMPT = "Hello, benchmark. Please answer briefly."
 NEXT_PROMPT = "Continue, please."
 
 Check = Callable[[Reply], "str | None"]
+
+#: The gateway routes a workload may send to.
+RESPONSES, CHAT, OLLAMA_CHAT = "/v1/responses", "/v1/chat/completions", "/api/chat"
+#: Workload groups (``python -m bench --group``): which route each measures.
+GROUPS = {"responses": "POST /v1/responses: plain, stored, streamed, cached and chained requests "
+                       "(and the phases built on them: tool loops, held streams, RSS flatness, PostgreSQL)",
+          "passthrough": "POST /v1/chat/completions passed through and Ollama's POST /api/chat translated, "
+                         "plain and streamed"}
 
 
 @dataclass
@@ -29,7 +45,9 @@ class Workload:
     words per reply (= stream chunks); ``gateway_body``/``direct_body``: JSON
     request bodies (bytes); ``requests``: requests per latency round (None: the
     default size); ``cache``: answers are expected from the gateway's cache
-    (the backend must not be called); ``depth``: chain depth, for chain workloads.
+    (the backend must not be called); ``depth``: chain depth, for chain workloads;
+    ``route``: the gateway path (:data:`RESPONSES`, :data:`CHAT` or :data:`OLLAMA_CHAT`);
+    ``group``: its key in :data:`GROUPS`.
     """
 
     key: str
@@ -43,11 +61,15 @@ class Workload:
     depth: int | None = None
     store: bool = False
     extra: dict = field(default_factory=dict)
+    route: str = RESPONSES
+    group: str = "responses"
 
     @property
     def gateway_mode(self) -> int:
         """Reply mode of the gateway request (:mod:`bench.client` constants)."""
-        return SSE_RESPONSES if self.stream else JSON
+        if not self.stream:
+            return JSON
+        return {RESPONSES: SSE_RESPONSES, CHAT: SSE_CHAT, OLLAMA_CHAT: NDJSON}[self.route]
 
     @property
     def direct_mode(self) -> int:
@@ -56,6 +78,10 @@ class Workload:
 
     def gateway_check(self) -> Check:
         """The check of a gateway reply for this workload."""
+        if self.route == CHAT:
+            return self.direct_check()
+        if self.route == OLLAMA_CHAT:
+            return check_ollama_stream(self.tokens) if self.stream else check_ollama_json(self.tokens)
         return check_responses_stream(self.tokens) if self.stream else check_response_json
 
     def direct_check(self) -> Check:
@@ -110,6 +136,63 @@ def basic_workloads(model: str, nonstream_tokens: int, stream_chunks: tuple[int,
     ]
 
 
+def passthrough_workloads(model: str, nonstream_tokens: int, stream_chunks: tuple[int, int],
+                          long_stream_requests: int | None) -> list[Workload]:
+    """The ``passthrough`` group: ``POST /v1/chat/completions`` and ``POST /api/chat``, each
+    non-streamed and streamed with the short and the long chunk count (``stream_chunks``).
+
+    Chat Completions bodies are sent to the gateway and to the backend alike (streamed ones ask
+    for the usage chunk, so the gateway adds nothing to them). ``/api/chat`` bodies carry the
+    reply length as ``options.num_predict``; their twins are what the gateway's translation
+    sends upstream (``engine.ollama_translate.chat_request``, then ``model`` and ``stream``)."""
+    user = [{"role": "user", "content": PROMPT}]
+    short, long = stream_chunks
+    out = [Workload("chat_nonstream", "chat/completions, non-stream", False, nonstream_tokens,
+                    chat_body(model, user, tokens=nonstream_tokens), chat_body(model, user, tokens=nonstream_tokens),
+                    route=CHAT, group="passthrough")]
+    for chunks, requests in ((short, None), (long, long_stream_requests)):
+        body = chat_body(model, user, stream=True, tokens=chunks)
+        out.append(Workload(f"chat_stream_{chunks}", f"chat/completions, stream, {chunks} chunks", True, chunks,
+                            body, body, requests=requests, route=CHAT, group="passthrough"))
+    out.append(Workload("ollama_chat_nonstream", "/api/chat, non-stream", False, nonstream_tokens,
+                        ollama_chat_body(model, user, stream=False, tokens=nonstream_tokens),
+                        translated_chat_body(model, user, stream=False, tokens=nonstream_tokens),
+                        route=OLLAMA_CHAT, group="passthrough"))
+    for chunks, requests in ((short, None), (long, long_stream_requests)):
+        out.append(Workload(f"ollama_chat_stream_{chunks}", f"/api/chat, stream, {chunks} chunks", True, chunks,
+                            ollama_chat_body(model, user, stream=True, tokens=chunks),
+                            translated_chat_body(model, user, stream=True, tokens=chunks), requests=requests,
+                            route=OLLAMA_CHAT, group="passthrough"))
+    return out
+
+
+def ollama_chat_body(model: str, messages: list[dict], *, stream: bool, tokens: int) -> bytes:
+    """An Ollama ``POST /api/chat`` body: ``tokens`` as ``options.num_predict``."""
+    return orjson.dumps({"model": model, "messages": messages, "stream": stream,
+                         "options": {"num_predict": tokens}})
+
+
+def translated_chat_body(model: str, messages: list[dict], *, stream: bool, tokens: int) -> bytes:
+    """The Chat Completions body the gateway sends an OpenAI-compatible endpoint for
+    :func:`ollama_chat_body` (same fields, in the same order)."""
+    body: dict = {"messages": messages, "max_tokens": tokens, "model": model, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return orjson.dumps(body)
+
+
+def workload_keys(chain_depths: tuple[int, ...], stream_chunks: tuple[int, int],
+                  groups: tuple[str, ...]) -> list[str]:
+    """Every workload key of ``groups`` for these sizes (chains included), in run order."""
+    keys: list[str] = []
+    if "responses" in groups:
+        keys += [w.key for w in basic_workloads("m", 1, stream_chunks, None)]
+        keys += [f"chain_depth_{d}" for d in chain_depths]
+    if "passthrough" in groups:
+        keys += [w.key for w in passthrough_workloads("m", 1, stream_chunks, None)]
+    return keys
+
+
 def chain_turn_prompt(turn: int) -> str:
     """The user input of turn ``turn`` (1-based) while a chain is built."""
     return f"Turn {turn}: tell me a little more."
@@ -159,16 +242,72 @@ def check_response_json(reply: Reply) -> str | None:
 
 
 def check_chat_json(reply: Reply) -> str | None:
-    """A non-streamed Chat Completion: 200, a message with content."""
+    """A non-streamed Chat Completion: 200, ``object: "chat.completion"``, an assistant
+    message with content, and ``usage``."""
     problem = _transport_or_status(reply)
     if problem:
         return problem
     try:
         obj = orjson.loads(reply.body)
-        content = obj["choices"][0]["message"]["content"]
+        message = obj["choices"][0]["message"]
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
         return "the reply is not a chat completion"
-    return None if content else "the completion has no content"
+    if obj.get("object") != "chat.completion":
+        return f"the reply's object is {obj.get('object')!r}, not 'chat.completion'"
+    if not isinstance(message, dict) or message.get("role") != "assistant" or not message.get("content"):
+        return "the completion has no assistant content"
+    if not isinstance(obj.get("usage"), dict):
+        return "the completion has no usage"
+    return None
+
+
+def check_ollama_json(tokens: int) -> Check:
+    """A whole Ollama ``/api/chat`` answer: 200, ``done: true`` with ``done_reason: "stop"``,
+    an assistant message with content, and ``eval_count`` = ``tokens`` (the usage counted)."""
+    def check(reply: Reply) -> str | None:
+        problem = _transport_or_status(reply)
+        if problem:
+            return problem
+        try:
+            obj = orjson.loads(reply.body)
+        except orjson.JSONDecodeError:
+            return "the reply is not JSON"
+        return _ollama_final(obj, tokens, whole=True)
+    return check
+
+
+def _ollama_final(obj: object, tokens: int, whole: bool) -> str | None:
+    """What is wrong with Ollama's ``done`` object ``obj`` (None: nothing); ``whole``: it is a
+    non-streamed answer, which carries the whole message."""
+    if not isinstance(obj, dict) or obj.get("done") is not True:
+        return f"the answer is not an Ollama done object: {orjson.dumps(obj)[:300].decode(errors='replace')}"
+    message = obj.get("message")
+    if not isinstance(message, dict) or message.get("role") != "assistant" or (whole and not message.get("content")):
+        return "the done object has no assistant message" + (" with content" if whole else "")
+    if obj.get("done_reason") != "stop":
+        return f"done_reason {obj.get('done_reason')!r}, not 'stop'"
+    if obj.get("eval_count") != tokens:
+        return f"eval_count {obj.get('eval_count')!r}, expected {tokens}"
+    return None
+
+
+def check_ollama_stream(chunks: int) -> Check:
+    """Ollama's NDJSON stream of ``/api/chat``: 200, ``chunks`` message objects with content
+    (``done: false``), then one ``done: true`` object (see :func:`check_ollama_json`, without
+    content) and nothing after it; no ``error`` object."""
+    def check(reply: Reply) -> str | None:
+        problem = _transport_or_status(reply)
+        if problem:
+            return problem
+        if reply.bad:
+            detail = bytes(reply.error_event or b"").decode(errors="replace")[:300]
+            return f"{reply.bad} line(s) not Ollama chat objects (or after the done object): {detail}"
+        if reply.terminal != "done":
+            return "stream ended without a done: true object"
+        if reply.deltas != chunks:
+            return f"expected {chunks} message objects with content, got {reply.deltas}"
+        return _ollama_final(reply.final, chunks, whole=False)
+    return check
 
 
 def check_responses_stream(chunks: int) -> Check:
@@ -187,11 +326,15 @@ def check_responses_stream(chunks: int) -> Check:
 
 
 def check_chat_stream(chunks: int) -> Check:
-    """A Chat Completions stream: 200, ``chunks`` content chunks, a usage chunk, ``[DONE]``."""
+    """A Chat Completions stream: 200, ``chat.completion.chunk`` frames only (no ``error``
+    frame), ``chunks`` of them with content, a usage chunk, ending with ``[DONE]``."""
     def check(reply: Reply) -> str | None:
         problem = _transport_or_status(reply)
         if problem:
             return problem
+        if reply.bad:
+            detail = bytes(reply.error_event or b"").decode(errors="replace")[:300]
+            return f"{reply.bad} frame(s) not chat.completion.chunk (or after [DONE]): {detail}"
         if reply.terminal != "[DONE]":
             return "stream ended without [DONE]"
         if reply.deltas != chunks:
