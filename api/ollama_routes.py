@@ -18,14 +18,14 @@ clients show as part of the object.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from typing import Callable
 
-import anyio
 from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from api.common import gateway_of, json_response, owner_of, parse_json
+from api.sse import ClosingStreamResponse
 from api.responses import _unless_client_leaves
 from engine import ollama_models
 from engine.ollama_api import Answer, serve
@@ -64,23 +64,11 @@ class OllamaRoute(APIRoute):
 router = APIRouter(route_class=OllamaRoute)
 
 
-class NDJSONResponse(StreamingResponse):
-    """An ``application/x-ndjson`` stream that always closes its body (shielded from
-    cancellation) however it ends, so the upstream stream is closed and its slot given back."""
+class NDJSONResponse(ClosingStreamResponse):
+    """An ``application/x-ndjson`` :class:`api.sse.ClosingStreamResponse`: its body is closed, and
+    ``on_close`` run, however it ends, so the upstream stream is closed and its slot given back."""
 
-    def __init__(self, content: Any, on_close: Callable[[], Awaitable[Any]] | None = None):
-        super().__init__(content, media_type="application/x-ndjson",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self.on_close = on_close
-
-    async def stream_response(self, send: Any) -> None:
-        try:
-            await super().stream_response(send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.body_iterator.aclose()
-                if self.on_close is not None:  # the slot, when the body never started
-                    await self.on_close()
+    media_type = "application/x-ndjson"
 
 
 def _no_query(request: Request, allowed: tuple[str, ...] = ()) -> None:

@@ -14,7 +14,7 @@ from starlette.responses import StreamingResponse
 
 from requests.events import Event, sse_frame
 
-__all__ = ["EventStreamResponse", "sse_of_batches", "sse_of_events"]
+__all__ = ["ClosingStreamResponse", "EventStreamResponse", "sse_of_batches", "sse_of_events"]
 
 
 async def sse_of_batches(batches: AsyncIterator[list[Event]]) -> AsyncIterator[bytes]:
@@ -34,12 +34,15 @@ async def sse_of_events(events: Iterable[Event]) -> AsyncIterator[bytes]:
         yield sse_frame(event)
 
 
-class EventStreamResponse(StreamingResponse):
-    """A ``text/event-stream`` response that always closes its body and then runs
-    ``on_close`` (shielded from cancellation)."""
+class ClosingStreamResponse(StreamingResponse):
+    """A streamed response of ``media_type`` that always closes its body and then runs
+    ``on_close`` (shielded from cancellation), however it ends: also when the client left
+    before the first byte, so the body never started."""
+
+    media_type = "application/octet-stream"
 
     def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], Awaitable[Any]] | None = None):
-        super().__init__(content, media_type="text/event-stream",
+        super().__init__(content, media_type=self.media_type,
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.on_close = on_close
 
@@ -51,3 +54,9 @@ class EventStreamResponse(StreamingResponse):
                 await self.body_iterator.aclose()
                 if self.on_close is not None:
                     await self.on_close()
+
+
+class EventStreamResponse(ClosingStreamResponse):
+    """A ``text/event-stream`` :class:`ClosingStreamResponse`."""
+
+    media_type = "text/event-stream"
