@@ -37,6 +37,7 @@ from chat_client import ChatStream, ConnectFailed, LineStream
 from engine import ollama_translate as translate
 from engine import route_cache
 from engine.held_stream import HeldStream
+from engine.passthrough import model_of
 from engine.route_cache import Lookup
 from errors import APIError
 from logs import note
@@ -76,14 +77,6 @@ class Answer:
 def ndjson(lines: list[dict]) -> bytes:
     """``lines`` as NDJSON: one JSON object a line."""
     return b"".join(orjson.dumps(line) + b"\n" for line in lines)
-
-
-def _model_of(body: dict, route: str) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise APIError(400, f"POST /api/{route} needs 'model': the name of a model an endpoint serves.",
-                       param="model", code="missing_required_parameter")
-    return model
 
 
 def _streams(body: dict, route: str) -> bool:
@@ -244,7 +237,7 @@ async def serve(gateway: Gateway, route: str, body: dict, owner: str | None = No
     502/504 backend faults, or the endpoint's own status and message. The slot is given back
     before any of them leaves.
     """
-    asked = _model_of(body, route)
+    asked = model_of(body, f"POST /api/{route}")
     stream = _streams(body, route)
     note(model=asked)
     model = gateway.settings.model_aliases.get(asked, asked)

@@ -35,7 +35,7 @@ from metrics import BACKEND_ERRORS
 if TYPE_CHECKING:
     from engine.gateway import Gateway
 
-__all__ = ["ROUTES", "Forwarded", "forward"]
+__all__ = ["ROUTES", "Forwarded", "forward", "model_of"]
 
 log = logging.getLogger("nomyo_router.passthrough")
 
@@ -58,10 +58,12 @@ class Forwarded:
     on_close: Callable[[], Awaitable[None]] | None = None
 
 
-def _model_of(body: dict, path: str) -> str:
+def model_of(body: dict, route: str) -> str:
+    """The ``model`` a request body of ``route`` (``"POST /v1/embeddings"``) names. Raises
+    APIError 400 ``missing_required_parameter`` when it names none."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise APIError(400, f"POST /v1/{path} needs 'model': the name of a model an endpoint serves.",
+        raise APIError(400, f"{route} needs 'model': the name of a model an endpoint serves.",
                        param="model", code="missing_required_parameter")
     return model
 
@@ -76,7 +78,7 @@ async def forward(gateway: Gateway, path: str, body: dict, owner: str | None = N
     of them leaves.
     """
     expect, streams = ROUTES[path]
-    asked = _model_of(body, path)
+    asked = model_of(body, f"POST /v1/{path}")
     stream = body.get("stream") is True
     if stream and not streams:
         raise APIError(400, f"POST /v1/{path} does not stream.", param="stream", code="invalid_value")
