@@ -149,13 +149,17 @@ async def _relay(gateway: Gateway, held: HeldStream, path: str, cached: Lookup,
     """The upstream stream's chunks as SSE frames, then ``data: [DONE]``; a stream that breaks
     ends with an ``error`` frame, as OpenAI's do. The usage chunk is counted (and kept back
     with ``hide_usage``); a stream that finished gives its slot back, then is offered to the
-    cache. Closes the upstream and gives the slot back however it ends."""
-    assembled = StreamAssembler(path)
+    cache (assembled only when the cache is to keep it). Closes the upstream and gives the slot back however it ends."""
+    assembled = StreamAssembler(path) if cached.keeping else None
+    usage = None
     try:
         try:
             async for batch in held.upstream.batches():
                 for chunk in batch:
-                    assembled.add(chunk)
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    if assembled is not None:
+                        assembled.add(chunk)
                 if hide_usage:
                     batch = [chunk for chunk in batch if chunk.get("choices") or not chunk.get("usage")]
                 if batch:
@@ -165,9 +169,10 @@ async def _relay(gateway: Gateway, held: HeldStream, path: str, cached: Lookup,
             yield b"data: " + orjson.dumps({"error": {"message": exc.message, "type": exc.type,
                                                       "code": exc.code}}) + b"\n\n"
             return
-        _count(gateway, held.endpoint, held.model, assembled.usage)
+        _count(gateway, held.endpoint, held.model, usage)
         await held.release()
-        await cached.keep(assembled.answer())
+        if assembled is not None:
+            await cached.keep(assembled.answer())
         yield b"data: [DONE]\n\n"
     finally:
         await held.release()

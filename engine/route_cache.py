@@ -47,6 +47,8 @@ class Lookup:
                  finished: Callable[[dict], bool] | None = None):
         self.hit, self._write, self._finished = hit, write, finished
         self.asked = hit is not None or write is not None
+        #: Whether a miss's answer is to be kept (so a stream must be assembled).
+        self.keeping = write is not None
 
     async def keep(self, answer: dict) -> None:
         """Store ``answer`` (a whole answer) if this was a miss and the answer finished."""
